@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs a score_jax command inside the project's virtual environment, creating it on first use.
+#   bash run.sh tests                 run the test suite
+#   bash run.sh main.py [flags...]    run python main.py with the given flags
+#   bash run.sh bench/<name>.py       any other python script
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV="${SCORE_JAX_VENV:-.venv}"
+PY="${PYTHON:-python3.11}"
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+stamp="$VENV/.requirements.sha"
+want="$(sha256sum requirements.txt | cut -d' ' -f1)"
+if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "[run.sh] installing requirements into $VENV (first run only, ~1 minute)" >&2
+  "$PY" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip >&2
+  "$VENV/bin/python" -m pip install -q -r requirements.txt >&2
+  echo "$want" > "$stamp"
+fi
+if [ "${1:-}" = "tests" ]; then
+  shift
+  exec "$VENV/bin/python" -m pytest -q tests "$@"
+fi
+exec "$VENV/bin/python" "$@"
