@@ -1,0 +1,100 @@
+"""Turn a noise-conditional network into score_fn(x, t), with the official score_sde label conventions.
+
+Conventions (official `models/utils.get_score_fn`), for `t [B]` in [0, T]:
+  - VP and sub-VP, continuous (and sub-VP always): labels = 999 t (fixed 999, not N - 1); the network
+    predicts the noise, -std(t) * score, so score = -output / std(t) with the SDE's marginal std.
+  - VP, discrete (DDPM): labels = (N - 1) t; score = -output / sqrt(1 - alphas_cumprod[int(labels)]).
+  - VE, continuous: labels = sigma(t), the marginal std; the network's output is the score (NCSN++
+    divides by sigma itself when `scale_by_sigma`).
+  - VE, discrete (SMLD): labels = round((T - t) (N - 1)) as int32, an index into the network's
+    descending sigma table; the output is the score.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+from score_jax import sde as sde_lib
+
+Array = jax.Array
+ApplyFn = Callable[..., Any]
+
+
+def time_to_labels(sde: sde_lib.SDE, t: Array, *, continuous: bool) -> Array:
+    """Network conditioning labels [B] for diffusion times t [B] (see module docstring)."""
+    if isinstance(sde, (sde_lib.VPSDE, sde_lib.SubVPSDE)):
+        if continuous or isinstance(sde, sde_lib.SubVPSDE):
+            return t * 999
+        return t * (sde.N - 1)
+    if isinstance(sde, sde_lib.VESDE):
+        if continuous:
+            return sde.sigma(t)
+        return jnp.round((sde.T - t) * (sde.N - 1)).astype(jnp.int32)
+    raise ValueError(f"sde: expected VESDE, VPSDE or SubVPSDE, got {type(sde).__name__}.")
+
+
+def output_to_score(sde: sde_lib.SDE, output: Array, t: Array, *, continuous: bool) -> Array:
+    """Score [B, ...] from the network output [B, ...] at times t [B] (see module docstring)."""
+    if isinstance(sde, (sde_lib.VPSDE, sde_lib.SubVPSDE)):
+        if continuous or isinstance(sde, sde_lib.SubVPSDE):
+            std = sde.marginal_prob(jnp.zeros_like(output), t)[1]
+        else:
+            std = sde.sqrt_1m_alphas_cumprod[(t * (sde.N - 1)).astype(jnp.int32)]
+        return -output / sde_lib.batch_broadcast(std, output)
+    if isinstance(sde, sde_lib.VESDE):
+        return output
+    raise ValueError(f"sde: expected VESDE, VPSDE or SubVPSDE, got {type(sde).__name__}.")
+
+
+def apply_model(apply_fn: ApplyFn, params: Any, model_state: Any, x: Array, labels: Array, *,
+                train: bool, rng: Optional[Array] = None) -> tuple[Array, Any]:
+    """Run a flax network `(x, labels, train) -> output` and return (output, new model state).
+
+    `model_state` holds the non-parameter collections (e.g. batch statistics); in train mode they are
+    mutable and `rng` seeds dropout.
+    """
+    variables = {"params": params, **(model_state or {})}
+    rngs = {"dropout": rng} if (train and rng is not None) else None
+    if train and model_state:
+        output, new_state = apply_fn(variables, x, labels, train=True, rngs=rngs,
+                                     mutable=list(model_state.keys()))
+        return output, new_state
+    output = apply_fn(variables, x, labels, train=train, rngs=rngs)
+    return output, model_state
+
+
+def model_score(sde: sde_lib.SDE, apply_fn: ApplyFn, params: Any, model_state: Any, x: Array,
+                t: Array, *, continuous: bool, train: bool = False,
+                rng: Optional[Array] = None) -> tuple[Array, Any]:
+    """Score [B, ...] of the network at x [B, ...], t [B], and the new model state."""
+    labels = time_to_labels(sde, t, continuous=continuous)
+    output, new_state = apply_model(apply_fn, params, model_state, x, labels, train=train, rng=rng)
+    return output_to_score(sde, output, t, continuous=continuous), new_state
+
+
+@dataclasses.dataclass(frozen=True)
+class _EvalScore:
+    """Static part of an evaluation-mode score function; hashable so jit caches on it."""
+
+    sde: sde_lib.SDE
+    apply_fn: ApplyFn
+    continuous: bool
+
+    def __call__(self, variables: tuple[Any, Any], x: Array, t: Array) -> Array:
+        params, model_state = variables
+        return model_score(self.sde, self.apply_fn, params, model_state, x, t,
+                           continuous=self.continuous)[0]
+
+
+def get_score_fn(sde: sde_lib.SDE, apply_fn: ApplyFn, params: Any, model_state: Any = None, *,
+                 continuous: bool = True) -> jax.tree_util.Partial:
+    """Evaluation-mode score_fn(x [B, ...], t [B]) -> score [B, ...] of a network.
+
+    The result is a pytree (`jax.tree_util.Partial`) holding the parameters as leaves, so passing new
+    parameters to a jitted sampler that takes it as an argument does not recompile.
+    """
+    return jax.tree_util.Partial(_EvalScore(sde, apply_fn, continuous), (params, model_state or {}))
