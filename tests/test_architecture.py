@@ -1,0 +1,50 @@
+"""Keep the layering of STYLE.md honest by parsing imports (no module is imported or run)."""
+
+import ast
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "score_jax"
+MATH_MODULES = ["sde", "sampling", "likelihood", "controllable"]
+FRAMEWORKS = ("flax", "optax", "orbax", "tensorflow", "tensorflow_datasets")
+
+
+def _imports(path: pathlib.Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def _modules():
+    return sorted(PACKAGE.rglob("*.py"))
+
+
+@pytest.mark.parametrize("name", MATH_MODULES)
+def test_maths_takes_score_functions_not_frameworks(name):
+    path = PACKAGE / f"{name}.py"
+    if not path.exists():
+        pytest.skip(f"{name}.py not written yet")
+    bad = {m for m in _imports(path) if m.split(".")[0] in FRAMEWORKS}
+    assert not bad, f"score_jax/{name}.py imports {sorted(bad)}; it must only take score_fn(x, t)"
+
+
+def test_sde_imports_nothing_from_score_jax():
+    assert not {m for m in _imports(PACKAGE / "sde.py") if m.startswith("score_jax")}
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_library_never_reads_flags(path):
+    assert not {m for m in _imports(path) if m.startswith("absl.flags") or m == "absl.flags"}
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_modules_stay_small(path):
+    n = len(path.read_text().splitlines())
+    assert n <= 650, f"{path.name} has {n} lines; split it by concept"
