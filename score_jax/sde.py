@@ -229,7 +229,8 @@ class VPSDE(_VPSchedule):
         """Mean [B, ...] and std [B] of the perturbation kernel p_0t(x_t | x_0 = x)."""
         t = _batch_time(x, t)
         lmc = self.log_mean_coeff(t)
-        return batch_broadcast(jnp.exp(lmc), x) * x, jnp.sqrt(1.0 - jnp.exp(2.0 * lmc))
+        # expm1 keeps float32 accuracy at small t, where 1 - exp(.) cancels (0.6% error at t = 1e-5).
+        return batch_broadcast(jnp.exp(lmc), x) * x, jnp.sqrt(-jnp.expm1(2.0 * lmc))
 
     def discretize(self, x: Array, t: Array) -> tuple[Array, Array]:
         """DDPM discretisation x_{i+1} = sqrt(1 - beta_i) x_i + sqrt(beta_i) z: (f [B, ...], G [B])."""
@@ -256,14 +257,14 @@ class SubVPSDE(_VPSchedule):
         """Drift [B, ...] and diffusion [B] of the forward SDE at x [B, ...], t [B]."""
         t = _batch_time(x, t)
         beta_t = self.beta(t)
-        discount = 1.0 - jnp.exp(-2 * self.beta_min * t - (self.beta_max - self.beta_min) * t ** 2)
+        discount = -jnp.expm1(-2 * self.beta_min * t - (self.beta_max - self.beta_min) * t ** 2)
         return -0.5 * batch_broadcast(beta_t, x) * x, jnp.sqrt(beta_t * discount)
 
     def marginal_prob(self, x: Array, t: Array) -> tuple[Array, Array]:
         """Mean [B, ...] and std [B] of the perturbation kernel p_0t(x_t | x_0 = x)."""
         t = _batch_time(x, t)
         lmc = self.log_mean_coeff(t)
-        return batch_broadcast(jnp.exp(lmc), x) * x, 1.0 - jnp.exp(2.0 * lmc)
+        return batch_broadcast(jnp.exp(lmc), x) * x, -jnp.expm1(2.0 * lmc)
 
     def discretize(self, x: Array, t: Array) -> tuple[Array, Array]:
         """Euler-Maruyama discretisation (sub-VP has no ancestral form): (f [B, ...], G [B])."""

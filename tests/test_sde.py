@@ -224,3 +224,11 @@ def test_mismatched_shapes_raise_before_compilation():
         jax.jit(sde.sde)(jnp.ones((3, 2)), jnp.ones((4,)))
     with pytest.raises(ValueError, match="score_fn must return"):
         sde.reverse(lambda x, t: x[:, :1]).sde(jnp.ones((3, 2)), jnp.ones((3,)))
+
+
+@pytest.mark.parametrize("name", list(SDES))
+def test_marginal_std_is_accurate_at_small_t_in_float32(name, ref):
+    """Elementwise relative accuracy against the official formula run in float64 (x64/ keys), where
+    1 - exp(.) cancels at t = 1e-5."""
+    _, std = _per_t(jax.jit(SDES[name].marginal_prob), ref)
+    np.testing.assert_allclose(std, ref[f"x64/{name}/std"], rtol=2e-6)
