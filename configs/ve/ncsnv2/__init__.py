@@ -1,0 +1,1 @@
+"""Configs of the official score_sde `configs/ve/ncsnv2/`."""

@@ -1,0 +1,45 @@
+"""Training DDPM on CIFAR-10 without time conditioning (NCSNv2 technique 3).
+
+Same fields and values as the official score_sde `configs/vp/ddpm/cifar10_unconditional.py`.
+"""
+
+import ml_collections
+
+from configs.default_cifar10_configs import get_default_configs
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """The locked config: the official values, derived from the base by override."""
+    config = get_default_configs()
+
+    # training
+    training = config.training
+    training.sde = 'vpsde'
+    training.continuous = False
+    training.reduce_mean = True
+
+    # sampling
+    sampling = config.sampling
+    sampling.method = 'pc'
+    sampling.predictor = 'ancestral_sampling'
+    sampling.corrector = 'none'
+
+    # data
+    data = config.data
+    data.centered = True
+
+    # model
+    model = config.model
+    model.name = 'ddpm'
+    model.scale_by_sigma = False
+    model.ema_rate = 0.9999
+    model.normalization = 'GroupNorm'
+    model.nonlinearity = 'swish'
+    model.nf = 128
+    model.ch_mult = (1, 2, 2, 2)
+    model.num_res_blocks = 2
+    model.attn_resolutions = (16,)
+    model.resamp_with_conv = True
+    model.conditional = False
+
+    return config.lock()
