@@ -5,6 +5,7 @@
 #   bash run.sh bench/<name>.py       any other python script
 set -euo pipefail
 cd "$(dirname "$0")"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # bench/ scripts import score_jax from the root
 VENV="${SCORE_JAX_VENV:-.venv}"
 PY="${PYTHON:-python3.11}"
 command -v "$PY" >/dev/null 2>&1 || PY=python3
