@@ -6,10 +6,11 @@ from the official values below — one process compiles value_and_grad of a squa
 each variant (remat off/on x float32/bfloat16 compute) and measures, side by side:
   - peak memory: compiled.memory_analysis(), temp + argument bytes (XLA's buffer assignment; it
     works on CPU, GPU and TPU without running the program);
-  - step time: median wall time of `repeats` timed calls after one warm-up call.
+  - step time: median wall time of `repeats` calls of the compiled executable, after `warmup` calls.
 The last line is the memory ratio remat / no remat (float32), per architecture.
 
-Usage: python bench/models.py [--batch 8] [--repeats 2] [--archs ddpmpp,ncsnpp] [--variants fp32,remat,bf16,remat+bf16]
+Usage: python bench/models.py [--batch 8] [--repeats 1] [--warmup 0] [--archs ddpmpp,ncsnpp]
+       [--variants fp32,remat,bf16]   (also: remat+bf16)
        [--nf 128] [--num_res_blocks 4]   (smaller nf / blocks for a quick run; defaults are the official ones)
 """
 
@@ -76,7 +77,8 @@ def compile_step(model: NCSNpp, params: Any, x: jax.Array, labels: jax.Array, ke
     return jax.jit(jax.value_and_grad(loss)).lower(params, x, labels, key).compile()
 
 
-def measure(arch_kwargs: dict[str, Any], variant: dict[str, Any], batch: int, repeats: int) -> dict[str, float]:
+def measure(arch_kwargs: dict[str, Any], variant: dict[str, Any], batch: int, repeats: int,
+            warmup: int) -> dict[str, float]:
     """Parameter count, compile time, peak bytes and median step time of one model variant."""
     model = NCSNpp(**{**arch_kwargs, **variant})
     size, channels = arch_kwargs["image_size"], arch_kwargs["num_channels"]
@@ -88,7 +90,8 @@ def measure(arch_kwargs: dict[str, Any], variant: dict[str, Any], batch: int, re
     compiled = compile_step(model, params, x, labels, key)
     compile_s = time.perf_counter() - start
     mem = compiled.memory_analysis()
-    jax.block_until_ready(compiled(params, x, labels, key))  # warm-up
+    for _ in range(warmup):
+        jax.block_until_ready(compiled(params, x, labels, key))
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -102,9 +105,10 @@ def measure(arch_kwargs: dict[str, Any], variant: dict[str, Any], batch: int, re
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=0, help="untimed calls first (the executable is already compiled)")
     parser.add_argument("--archs", default="ddpmpp,ncsnpp")
-    parser.add_argument("--variants", default="fp32,remat,bf16,remat+bf16")
+    parser.add_argument("--variants", default="fp32,remat,bf16")
     parser.add_argument("--nf", type=int, default=None)
     parser.add_argument("--num_res_blocks", type=int, default=None)
     args = parser.parse_args()
@@ -116,7 +120,7 @@ def main() -> None:
         print(f"{arch} ({source}; nf={kwargs['nf']}, num_res_blocks={kwargs['num_res_blocks']})")
         results = {}
         for name in args.variants.split(","):
-            r = results[name] = measure(kwargs, VARIANTS[name], args.batch, args.repeats)
+            r = results[name] = measure(kwargs, VARIANTS[name], args.batch, args.repeats, args.warmup)
             print(f"  {name:11s} params {r['params']:>11,d}  peak {r['peak_mb']:8.1f} MB (temp {r['temp_mb']:8.1f})"
                   f"  step {r['step_s']:7.3f} s  compile {r['compile_s']:6.1f} s", flush=True)
         if "fp32" in results and "remat" in results:

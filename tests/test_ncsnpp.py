@@ -163,10 +163,12 @@ def test_unknown_model_name_lists_valid_names():
 
 
 def test_get_model_reads_data_and_model_fields():
-    cfg = ml_collections.ConfigDict({"model": {"name": "ncsnpp", "nf": 32, "ch_mult": [1, 2], "sigma_max": 348.0},
+    cfg = ml_collections.ConfigDict({"model": {"name": "ncsnpp", "nf": 32, "ch_mult": [1, 2], "sigma_max": 348.0,
+                                               "dtype": "bfloat16", "remat": True},
                                      "data": {"image_size": 64, "num_channels": 1, "centered": True}})
-    model = registry.get_model(cfg, remat=True)
-    assert (model.nf, model.ch_mult, model.sigma_max, model.remat) == (32, (1, 2), 348.0, True)
+    model = registry.get_model(cfg, nf=64)
+    assert (model.nf, model.ch_mult, model.sigma_max, model.remat) == (64, (1, 2), 348.0, True)
+    assert model.dtype == jnp.bfloat16
     assert (model.image_size, model.num_channels, model.centered) == (64, 1, True)
 
 

@@ -41,8 +41,13 @@ def _section(config: Any, name: str) -> Mapping[str, Any]:
     return {} if section is None else section
 
 
-def _as_field_value(value: Any) -> Any:
-    """Lists (e.g. from JSON) become tuples: module fields should be hashable and immutable."""
+def _as_field_value(name: str, value: Any) -> Any:
+    """Config value -> module field value: lists (e.g. from JSON) become tuples, dtype names dtypes."""
+    if name == "dtype" and isinstance(value, str):
+        try:
+            return jnp.dtype(value)
+        except TypeError as err:
+            raise ValueError(f"config.model.dtype: unknown dtype {value!r}; expected e.g. 'float32' or 'bfloat16'.") from err
     return tuple(value) if isinstance(value, list) else value
 
 
@@ -55,7 +60,7 @@ def model_kwargs(model_cls: type[nn.Module], config: Any) -> dict[str, Any]:
             continue
         source = data_cfg if field.name in _DATA_FIELDS else model_cfg
         if field.name in source:
-            kwargs[field.name] = _as_field_value(source[field.name])
+            kwargs[field.name] = _as_field_value(field.name, source[field.name])
     return kwargs
 
 
