@@ -1,0 +1,81 @@
+"""score_jax command line: train or evaluate a score model (flags compatible with the official score_sde).
+
+  python main.py --workdir runs/digits                      # train on the embedded default data set
+  python main.py --workdir runs/digits --mode eval          # evaluate its checkpoints
+  python main.py --config configs/vp/cifar10_ddpmpp_continuous.py --workdir runs/cifar10 \
+      --config.training.n_iters=200
+Multi-host (GPU clusters): add --coordinator_address host:port --num_processes N --process_id i on
+every process; on a Cloud TPU pod pass --coordinator_address auto.
+"""
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_CONFIG = os.path.join(_HERE, "configs", "vp", "digits_ddpmpp_continuous.py")
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Training configuration file.",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Work directory: checkpoints, logs, samples.")
+flags.DEFINE_enum("mode", "train", ["train", "eval"], "Running mode: train or eval.")
+flags.DEFINE_string("eval_folder", "eval", "Folder name (under workdir) for evaluation results.")
+flags.DEFINE_string("init_from_official", None,
+                    "Start from an official score_sde checkpoint file (train: initial parameters; "
+                    "eval: the checkpoint to evaluate).")
+flags.DEFINE_string("coordinator_address", None,
+                    "host:port of process 0 for a multi-host job ('auto' on Cloud TPU).")
+flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-host job.")
+flags.DEFINE_integer("process_id", None, "Index of this process in a multi-host job.")
+flags.mark_flags_as_required(["workdir"])
+
+# Set SCORE_JAX_TRACEBACK=1 to see the stack trace of a user error as well as its message.
+_SHOW_TRACEBACK = os.environ.get("SCORE_JAX_TRACEBACK", "") not in ("", "0")
+
+
+def _user_errors() -> tuple[type, ...]:
+    """Exception types that report a mistake in the command line, config, data or file system."""
+    types = [ValueError, FileNotFoundError, PermissionError, NotADirectoryError, FileExistsError]
+    for module, name in (("score_jax.datasets", "MissingDependencyError"),
+                         ("score_jax.train", "NonFiniteLossError"),
+                         ("score_jax.likelihood", "SolverError")):
+        cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(cls, type):
+            types.append(cls)
+    return tuple(types)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    # jax.distributed must be initialised before anything touches a JAX backend.
+    from score_jax import parallel
+    parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                    FLAGS.process_id)
+    if FLAGS.mode == "train":
+        from score_jax import train
+        train.train(FLAGS.config, FLAGS.workdir, init_from_official=FLAGS.init_from_official)
+    else:
+        from score_jax import evaluate
+        evaluate.evaluate(FLAGS.config, FLAGS.workdir, FLAGS.eval_folder,
+                          init_from_official=FLAGS.init_from_official)
+
+
+def run() -> None:
+    """Entry point: user errors become one line on stderr and exit code 2, without a stack trace."""
+    try:
+        app.run(main)
+    except Exception as e:  # noqa: BLE001 - re-raised below unless it is a user error
+        if _SHOW_TRACEBACK or not isinstance(e, _user_errors()):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,125 @@
+"""Preemption-safe training checkpoints with orbax-checkpoint.
+
+One `CheckpointManager` under `<workdir>/checkpoints`, one step directory per checkpoint, each with two
+items: `state` (the training state as a flax state dict: step, params, optimiser state, EMA, key)
+and `meta` (JSON: the step and the data iterator position). Two kinds of checkpoint share it:
+  - preemption checkpoints every `preemption_every` steps, of which only the newest is kept;
+  - snapshots every `snapshot_every` steps, all kept (the official `checkpoints/checkpoint_<n>`).
+Orbax writes each checkpoint into a temporary directory and renames it when complete, and removes an
+older checkpoint only after the newer one is complete, so a crash or a failed save never destroys a
+complete checkpoint. A checkpoint that is complete but unreadable (truncated files) is reported and the
+previous one is restored instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pathlib
+from typing import Any, Callable, Optional
+
+import flax.serialization
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+    """A restored checkpoint: its step, the training state and the data-iterator position."""
+
+    step: int
+    state: Any
+    data_state: Any  # JSON value, or None when the run saved no iterator position
+
+
+def is_due(step: int, preemption_every: int, snapshot_every: int) -> bool:
+    """True if a checkpoint is scheduled at `step` (a multiple of either frequency)."""
+    return step > 0 and (step % preemption_every == 0 or step % snapshot_every == 0)
+
+
+def is_snapshot(step: int, snapshot_every: int) -> bool:
+    """True if the checkpoint at `step` is a kept snapshot (the official `snapshot_freq`)."""
+    return step > 0 and step % snapshot_every == 0
+
+
+def open_manager(directory: str | pathlib.Path, *, snapshot_every: int,
+                 async_save: bool = True, read_only: bool = False) -> ocp.CheckpointManager:
+    """A CheckpointManager that keeps the newest checkpoint and every multiple of `snapshot_every`."""
+    if snapshot_every < 1:
+        raise ValueError(f"training.snapshot_freq: expected a positive number of steps, "
+                         f"got {snapshot_every}.")
+    policy = pp.AnyPreservationPolicy([pp.LatestN(1), pp.EveryNSteps(snapshot_every)])
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=None if read_only else policy,
+        enable_async_checkpointing=async_save, create=not read_only, read_only=read_only,
+        # A killed run leaves its half-written temporary directory; never mistake it for a checkpoint.
+        cleanup_tmp_directories=not read_only)
+    return ocp.CheckpointManager(pathlib.Path(directory).absolute(), options=options,
+                                 item_names=("state", "meta"))
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any, data_state: Any = None) -> None:
+    """Start writing a checkpoint of `state` (any flax-serialisable pytree) at `step`."""
+    manager.save(step, force=True, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
+        meta=ocp.args.JsonSave({"step": int(step), "data": data_state})))
+
+
+def _abstract(target: Any, sharding: Any) -> Any:
+    """ShapeDtypeStruct tree of the target's state dict, placed with `sharding` (None: as is)."""
+
+    def one(x):
+        s = sharding if sharding is not None else getattr(x, "sharding", None)
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
+
+    return jax.tree_util.tree_map(one, flax.serialization.to_state_dict(target))
+
+
+def _restore_step(manager: ocp.CheckpointManager, step: int, target: Any,
+                  sharding: Any) -> Restored:
+    out = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(_abstract(target, sharding)),
+        meta=ocp.args.JsonRestore()))
+    meta = out["meta"]
+    if int(meta["step"]) != step:
+        raise ValueError(f"checkpoint {step}: its metadata names step {meta['step']}.")
+    state = flax.serialization.from_state_dict(target, out["state"])
+    return Restored(step=step, state=state, data_state=meta.get("data"))
+
+
+def restore_latest(manager: ocp.CheckpointManager, target: Any, *, sharding: Any = None,
+                   report: Callable[[str], None] = log.warning,
+                   max_step: Optional[int] = None) -> Optional[Restored]:
+    """Restore the newest readable checkpoint into the structure of `target`; None if there is none.
+
+    Unreadable checkpoints (truncated or corrupt files) are reported through `report` and skipped,
+    newest first, so a damaged latest checkpoint falls back to the previous one.
+    """
+    manager.reload()
+    steps = sorted(manager.all_steps(), reverse=True)
+    for step in steps:
+        if max_step is not None and step > max_step:
+            continue
+        try:
+            return _restore_step(manager, step, target, sharding)
+        except Exception as e:  # noqa: BLE001 - any read failure means "this checkpoint is damaged"
+            report(f"checkpoint at step {step} in {manager.directory} is unreadable "
+                   f"({type(e).__name__}: {str(e)[:200]}); trying the previous one.")
+    return None
+
+
+def restore_step(manager: ocp.CheckpointManager, step: int, target: Any, *,
+                 sharding: Any = None) -> Restored:
+    """Restore the checkpoint at exactly `step` (evaluation); raises if it is missing or damaged."""
+    return _restore_step(manager, step, target, sharding)
+
+
+def snapshot_steps(directory: str | pathlib.Path) -> list[int]:
+    """Steps of the complete checkpoints under `directory`, ascending ([] if none)."""
+    path = pathlib.Path(directory)
+    if not path.is_dir():
+        return []
+    return sorted(ocp.utils.checkpoint_steps(path))
