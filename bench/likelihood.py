@@ -4,6 +4,9 @@ The official `likelihood.get_likelihood_fn` integrates the probability-flow ODE 
 `solve_ivp(method='RK45')` on the host over the flattened float64 batch, and at every evaluation
 calls a jitted drift and, separately, a jitted Hutchinson divergence (which recomputes the drift
 inside its gradient). Rebuilt here with the same network, data, Hutchinson noise, rtol and atol.
+The official design keeps scipy's RMS error norm over all components; ours controls the
+log-density apart (score_jax.likelihood, "Error control"), so it takes more steps and max|delta bpd|
+is mostly the official design's truncation error.
 
 Usage (repository root): PYTHONPATH=. python bench/likelihood.py [--repeats 3] [--with-diffeqsolve]
 The last line printed is the speed ratio official / ours.

@@ -13,19 +13,34 @@ Two solvers (Dormand-Prince 5(4), same rtol/atol semantics), chosen by `method`:
   - 'stepped': `score_jax.ode_stepper`, one compiled call per step attempt looped from Python.
     Default on CPU: XLA:CPU runs convolution VJPs inside compiled loops ~10x slower (DESIGN.md,
     "Known trap"). bench/likelihood.py (3-layer conv net, 8 x 32x32x3, rtol=atol=1e-5, 2-core CPU
-    shared with other jobs): stepped 0.83 s (nfe 122), diffeqsolve 10.1 s (nfe 109), the
-    official scipy-RK45 design 3.24 s (nfe 122); bits/dim equal to 2e-5.
+    shared with other jobs, medians of 5): stepped 1.17 s (nfe 182), the official scipy-RK45
+    design 2.83 s (nfe 122), 2.4x; diffeqsolve 27.7 s (nfe 193, another run, stepped 1.61 s
+    there). With the official error norm stepped made 122 evaluations, 0.92 s (3.3x).
   - 'auto': 'stepped' if `jax.default_backend() == 'cpu'`, else 'diffeqsolve'.
 
 Batch versus per-example step sizes:
   - per_example=False (default): the batch is one ODE state with one step size (as the paper and the
     official code). One program, no per-example control flow, works unchanged under a sharded
-    `jit`; the hardest example sets the step size for all, and the error norm is an RMS over the
-    batch, so per-example accuracy can be slightly looser than rtol/atol suggest.
+    `jit`; the hardest example sets the step size for all (the error norm takes the worst example).
   - per_example=True: each example is its own ODE with its own adaptive steps (vmap over the solve).
-    Each example meets the tolerance on its own; easy examples stop adapting early (they are still
-    evaluated, masked, until the slowest finishes). Use it for per-example numbers you will compare
-    or when examples differ a lot in difficulty.
+    Easy examples take fewer, longer steps (they are still evaluated, masked, until the slowest
+    finishes), so their numbers differ from the batched solve by up to the truncation error. Use
+    it when examples differ a lot in difficulty or a result must not depend on its batch mates.
+
+Error control (differs from the official code on purpose): both solvers judge a step by
+`error_norm`, which per example takes the RMS of the scaled error over the D data components and
+the scaled error of the one log-density component APART, keeps the larger, and then the worst
+example (scale atol + rtol max(|y|, |y_new|) per component, as scipy). The official code, through
+scipy's RK45, takes one RMS over all B (D + 1) components, where each log-density weighs
+1 / (B (D + 1)): its error can exceed the tolerance up to sqrt(B (D + 1))-fold before a step is
+rejected, so in high D the likelihood, the very output, is the least controlled component.
+Measured with the exact divergence on 16-D Gaussian mixtures (tests/test_likelihood.py) at
+rtol=atol=1e-5, float32: the official norm leaves up to 6.8e-3 nats of error, this one under 1e-3
+(VE, VP, sub-VP; stepped; diffeqsolve, whose controller is not scipy's step for step, up to
+1.3e-3) at 6-21% more evaluations. On bench/likelihood.py's images it costs 49% more (nfe 122 ->
+182) and moves bits/dim by 3e-5, onto the value of a rtol=atol=1e-8 solve (within ~1e-6); the
+official design is off by those 3e-5. Only the norm differs; step factors and the initial-step
+formula follow scipy.
 
 References:
   Song et al., "Score-Based Generative Modeling through SDEs", ICLR 2021, Sec. 4.3 and App. D.2.
@@ -56,7 +71,7 @@ HUTCHINSON = ("rademacher", "gaussian", "exact")
 METHODS = ("auto", "diffeqsolve", "stepped")
 
 __all__ = ["Likelihood", "BitsPerDim", "TracedLikelihood", "SolverError", "log_likelihood", "bpd",
-           "traced_log_likelihood", "HUTCHINSON", "METHODS", "resolve_method"]
+           "error_norm", "traced_log_likelihood", "HUTCHINSON", "METHODS", "resolve_method"]
 
 
 class Likelihood(NamedTuple):
@@ -123,6 +138,18 @@ def resolve_method(method: str) -> str:
     return method
 
 
+def error_norm(scaled: tuple[Array, Array]) -> Array:
+    """Step-error norm [] of scaled errors (x [B, ...], delta logp [B]): worst example and part.
+
+    Per example, the RMS over the D data components and the one log-density component are taken
+    apart and the larger counts; then the worst example counts. One example alone ([...], []), as
+    under per_example=True, is the same formula. Both solvers use it (module doc, "Error control").
+    """
+    x_err, logp_err = scaled
+    x_rms = jnp.sqrt(jnp.mean(jnp.square(x_err.reshape(logp_err.shape + (-1,))), axis=-1))
+    return jnp.max(jnp.maximum(x_rms, jnp.abs(logp_err)))
+
+
 # Evaluations outside diffrax's step counter (first-same-as-last: six per attempt): diffrax 0.7.2
 # makes one more, measured by counting score calls (tests/test_likelihood.py checks it).
 _DIFFRAX_EXTRA_NFE = 1
@@ -154,7 +181,7 @@ def traced_log_likelihood(sde: sde_lib.SDE, score_fn: ScoreFn, x: Array, noise: 
     def single(y0, noise):
         sol = diffrax.diffeqsolve(
             diffrax.ODETerm(vf), diffrax.Dopri5(), t0=t0, t1=t1, dt0=None, y0=y0, args=noise,
-            stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+            stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol, norm=error_norm),
             saveat=diffrax.SaveAt(t1=True), max_steps=max_steps, throw=False)
         y1 = jax.tree_util.tree_map(lambda a: a[0], sol.ys)
         return y1, sol.stats["num_steps"], sol.result == diffrax.RESULTS.successful
@@ -230,10 +257,9 @@ def log_likelihood(key: Array, sde: sde_lib.SDE, score_fn: ScoreFn, x: Array, *,
         `jax.tree_util.Partial(apply, params)` (models.score.get_score_fn) is traced, not
         re-compiled when its parameters change; a plain closure compiles once per closure object.
       hutchinson: 'rademacher' or 'gaussian' (unbiased estimators), 'exact' (D VJPs; small D).
-      rtol, atol: Dormand-Prince tolerances on the state (x, delta logp). The error norm is an RMS
-        over all D + 1 components (as scipy in the official code), so delta logp is loosely
-        controlled: on a 16-D Gaussian mixture, 1e-5 leaves up to ~5e-3 nats of truncation error
-        (the same in float64) and 1e-6 under 1e-3 nats.
+      rtol, atol: Dormand-Prince tolerances, applied to the data x and to delta logp separately,
+        per example (module doc, "Error control"); on 16-D Gaussian mixtures the default 1e-5
+        leaves under 1e-3 nats of truncation error, 1e-6 under 3e-4.
       eps: start time of the ODE; the result is the density of the data perturbed to time eps.
       per_example: one adaptive step size per example instead of one for the batch (module doc).
       method: 'auto', 'diffeqsolve' or 'stepped' (module doc).
@@ -254,8 +280,8 @@ def log_likelihood(key: Array, sde: sde_lib.SDE, score_fn: ScoreFn, x: Array, *,
     if method == "stepped":
         y0 = (x, jnp.zeros(x.shape[:1], x.dtype))
         sol = ode_stepper.solve(_AugmentedDrift(sde, score_fn, per_example), y0, float(eps),
-                                float(sde.T), noise, rtol=rtol, atol=atol, max_steps=max_steps,
-                                batched=per_example)
+                                float(sde.T), noise, rtol=rtol, atol=atol, norm=error_norm,
+                                max_steps=max_steps, batched=per_example)
         (z, delta), nfe = sol.y1, sol.nfe
         logp = _add_prior(sde, z, delta)
     else:

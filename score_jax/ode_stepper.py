@@ -7,10 +7,13 @@ call unrolls all seven stages, the error estimate, accept/reject and the next st
 program without loops, and Python loops over the calls; the host reads one status word per step.
 
 The controller is scipy's `RK45` (the solver of the official score_sde likelihood): Hairer's initial
-step (two evaluations), RMS error norm with scale `atol + rtol max(|y|, |y_new|)` over every element
-of the state pytree, safety 0.9, step factors clipped to [0.2, 10], no growth right after a
-rejection, failure when the step falls below 10 ulp of t. So the number of function evaluations is
-`2 + 6 * attempts` (first-same-as-last), as scipy's `nfev`.
+step (two evaluations), error scale `atol + rtol max(|y|, |y_new|)` per element, safety 0.9, step
+factors clipped to [0.2, 10], no growth right after a rejection, failure when the step falls below
+10 ulp of t. So the number of function evaluations is `2 + 6 * attempts` (first-same-as-last), as
+scipy's `nfev`. The error norm is a parameter: `rms_norm` (default) is scipy's RMS over every
+element of the state pytree; a caller may pass its own (score_jax.likelihood does, so that its
+log-density component is not drowned by the data). It has the signature of diffrax's
+`PIDController(norm=...)`, so one function can serve both solvers.
 
 References:
   Dormand & Prince, "A family of embedded Runge-Kutta formulae", J. Comp. Appl. Math. 6 (1980).
@@ -72,7 +75,11 @@ class Solution(NamedTuple):
     num_accepted: np.ndarray  # [] int, or [B] per example under `batched`
 
 
-def _rms(tree: PyTree) -> Array:
+Norm = Callable[[PyTree], Array]   # scaled error (or state) pytree -> [] non-negative
+
+
+def rms_norm(tree: PyTree) -> Array:
+    """Root mean square [] over every element of every leaf (scipy's and diffrax's default)."""
     leaves = jax.tree_util.tree_leaves(tree)
     total = sum(jnp.sum(jnp.square(leaf)) for leaf in leaves)
     size = sum(leaf.size for leaf in leaves)
@@ -91,18 +98,18 @@ def _combine(y: PyTree, h: Array, coeffs: tuple, ks: list) -> PyTree:
 
 
 def _initial_step(vf: VectorField, t0: Array, y0: PyTree, f0: PyTree, t1: Array, args: PyTree,
-                  rtol: float, atol: float) -> Array:
+                  rtol: float, atol: float, norm: Norm) -> Array:
     """Hairer's starting step size (one extra evaluation), as scipy's `select_initial_step`."""
     scale = jax.tree_util.tree_map(lambda y: atol + jnp.abs(y) * rtol, y0)
-    d0 = _rms(jax.tree_util.tree_map(jnp.divide, y0, scale))
-    d1 = _rms(jax.tree_util.tree_map(jnp.divide, f0, scale))
+    d0 = norm(jax.tree_util.tree_map(jnp.divide, y0, scale))
+    d1 = norm(jax.tree_util.tree_map(jnp.divide, f0, scale))
     small = (d0 < 1e-5) | (d1 < 1e-5)
     h0 = jnp.where(small, 1e-6, 0.01 * d0 / jnp.where(small, 1.0, d1))
     h0 = jnp.minimum(h0, t1 - t0)
     y1 = jax.tree_util.tree_map(lambda y, f: y + (h0 * f).astype(y.dtype), y0, f0)
     f1 = vf(t0 + h0, y1, args)
     diff = jax.tree_util.tree_map(lambda a, b, s: (a - b) / s, f1, f0, scale)
-    d2 = _rms(diff) / h0
+    d2 = norm(diff) / h0
     dmax = jnp.maximum(d1, d2)
     tiny = dmax <= 1e-15
     h1 = jnp.where(tiny, jnp.maximum(1e-6, h0 * 1e-3),
@@ -111,16 +118,16 @@ def _initial_step(vf: VectorField, t0: Array, y0: PyTree, f0: PyTree, t1: Array,
 
 
 def _init(vf: VectorField, t0: Array, y0: PyTree, t1: Array, args: PyTree, rtol: float,
-          atol: float) -> StepperState:
+          atol: float, norm: Norm) -> StepperState:
     f0 = vf(t0, y0, args)
-    h = _initial_step(vf, t0, y0, f0, t1, args, rtol, atol)
+    h = _initial_step(vf, t0, y0, f0, t1, args, rtol, atol, norm)
     return StepperState(t=t0, y=y0, f=f0, h=h, rejected=jnp.array(False),
                         status=jnp.array(RUNNING, jnp.int32), finite=jnp.array(True),
                         accepted=jnp.array(0, jnp.int32))
 
 
 def _attempt(vf: VectorField, state: StepperState, t1: Array, args: PyTree, rtol: float,
-             atol: float) -> StepperState:
+             atol: float, norm: Norm) -> StepperState:
     """One Dormand-Prince step attempt with scipy's RK45 accept/reject and step-size update."""
     t, y = state.t, state.y
     min_step = 10 * jnp.abs(jnp.nextafter(t, jnp.inf) - t)
@@ -137,7 +144,7 @@ def _attempt(vf: VectorField, state: StepperState, t1: Array, args: PyTree, rtol
     err = _combine(jax.tree_util.tree_map(jnp.zeros_like, y), h, _E, ks)
     scaled = jax.tree_util.tree_map(
         lambda e, a, b: e / (atol + rtol * jnp.maximum(jnp.abs(a), jnp.abs(b))), err, y, y_new)
-    err_norm = _rms(scaled)
+    err_norm = norm(scaled)
     finite = jnp.isfinite(err_norm)
     accept = finite & (err_norm < 1)
     power = jnp.where(finite & (err_norm > 0), err_norm, 1.0) ** _ERROR_EXPONENT
@@ -156,23 +163,23 @@ def _attempt(vf: VectorField, state: StepperState, t1: Array, args: PyTree, rtol
 
 
 @eqx.filter_jit
-def _init_call(vf, t0, y0, t1, args, rtol, atol, batched):
-    fn = functools.partial(_init, vf, rtol=rtol, atol=atol)
+def _init_call(vf, t0, y0, t1, args, rtol, atol, norm, batched):
+    fn = functools.partial(_init, vf, rtol=rtol, atol=atol, norm=norm)
     if batched:
         return jax.vmap(fn, in_axes=(None, 0, None, 0))(t0, y0, t1, args)
     return fn(t0, y0, t1, args)
 
 
 @eqx.filter_jit
-def _step_call(vf, state, t1, args, rtol, atol, batched):
-    fn = functools.partial(_attempt, vf, rtol=rtol, atol=atol)
+def _step_call(vf, state, t1, args, rtol, atol, norm, batched):
+    fn = functools.partial(_attempt, vf, rtol=rtol, atol=atol, norm=norm)
     if batched:
         return jax.vmap(fn, in_axes=(0, None, 0))(state, t1, args)
     return fn(state, t1, args)
 
 
 def solve(vf: VectorField, y0: PyTree, t0: float, t1: float, args: PyTree = None, *,
-          rtol: float = 1e-5, atol: float = 1e-5, max_steps: int = 4096,
+          rtol: float = 1e-5, atol: float = 1e-5, norm: Norm = rms_norm, max_steps: int = 4096,
           batched: bool = False) -> Solution:
     """Integrate dy/dt = vf(t, y, args) from t0 to t1 > t0 with adaptive Dormand-Prince 5(4).
 
@@ -181,6 +188,9 @@ def solve(vf: VectorField, y0: PyTree, t0: float, t1: float, args: PyTree = None
         reused between calls (a fresh closure recompiles).
       y0: initial state pytree. With `batched`, every leaf of y0 and args has a leading [B] axis and
         each example gets its own step sizes (vf then sees one example, without that axis).
+      norm: error norm [] of the scaled error pytree (also used by the initial step), `rms_norm`
+        by default (scipy's); a module-level function, so the compiled step is reused. Under
+        `batched` it sees one example.
       max_steps: limit on step attempts (host iterations).
 
     Returns:
@@ -199,10 +209,10 @@ def solve(vf: VectorField, y0: PyTree, t0: float, t1: float, args: PyTree = None
     # Times and tolerances are traced, so changing them does not recompile.
     t0_a, t1_a = jnp.asarray(t0, dtype), jnp.asarray(t1, dtype)
     rtol, atol = jnp.asarray(rtol, dtype), jnp.asarray(atol, dtype)
-    state = _init_call(vf, t0_a, y0, t1_a, args, rtol, atol, batched)
+    state = _init_call(vf, t0_a, y0, t1_a, args, rtol, atol, norm, batched)
     steps = 0
     while steps < max_steps:
-        state = _step_call(vf, state, t1_a, args, rtol, atol, batched)
+        state = _step_call(vf, state, t1_a, args, rtol, atol, norm, batched)
         steps += 1
         status = np.asarray(state.status)
         if np.all(status != RUNNING):
