@@ -18,8 +18,30 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CONFIG = os.path.join(_HERE, "configs", "vp", "digits_ddpmpp_continuous.py")
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Training configuration file.",
-                                lock_config=True)
+# Set SCORE_JAX_TRACEBACK=1 to see the stack trace of a user error as well as its message.
+_SHOW_TRACEBACK = os.environ.get("SCORE_JAX_TRACEBACK", "") not in ("", "0")
+
+
+def _config_error(e: BaseException) -> str:
+    """One line from ml_collections' error for an unknown or mistyped --config.<field> override."""
+    text = str(e).strip("'\"").replace("\\'", "'").replace("\\n", " ")
+    return f"--config override: {' '.join(text.split())}"
+
+
+def _define_config_flag() -> None:
+    # config_flags reads the config file and applies the --config.* overrides right here, at
+    # definition time, so a misspelt field fails before main() runs.
+    try:
+        config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Training configuration file.",
+                                        lock_config=True)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        if _SHOW_TRACEBACK or __name__ != "__main__":
+            raise
+        print(f"error: {_config_error(e)}", file=sys.stderr)
+        sys.exit(2)
+
+
+_define_config_flag()
 flags.DEFINE_string("workdir", None, "Work directory: checkpoints, logs, samples.")
 flags.DEFINE_enum("mode", "train", ["train", "eval"], "Running mode: train or eval.")
 flags.DEFINE_string("eval_folder", "eval", "Folder name (under workdir) for evaluation results.")
@@ -31,10 +53,6 @@ flags.DEFINE_string("coordinator_address", None,
 flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-host job.")
 flags.DEFINE_integer("process_id", None, "Index of this process in a multi-host job.")
 flags.mark_flags_as_required(["workdir"])
-
-# Set SCORE_JAX_TRACEBACK=1 to see the stack trace of a user error as well as its message.
-_SHOW_TRACEBACK = os.environ.get("SCORE_JAX_TRACEBACK", "") not in ("", "0")
-
 
 def _user_errors() -> tuple[type, ...]:
     """Exception types that report a mistake in the command line, config, data or file system."""
@@ -66,10 +84,24 @@ def main(argv):
                           init_from_official=FLAGS.init_from_official)
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing; a bad flag or config override is one message and exit code 2."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        message = str(e)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        if _SHOW_TRACEBACK:
+            raise
+        message = _config_error(e)
+    print(f"error: {message}\nPass --helpfull to see the flags.", file=sys.stderr)
+    sys.exit(2)
+
+
 def run() -> None:
     """Entry point: user errors become one line on stderr and exit code 2, without a stack trace."""
     try:
-        app.run(main)
+        app.run(main, flags_parser=_parse_flags)
     except Exception as e:  # noqa: BLE001 - re-raised below unless it is a user error
         if _SHOW_TRACEBACK or not isinstance(e, _user_errors()):
             raise

@@ -14,13 +14,16 @@ previous one is restored instead.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import pathlib
+import time
 from typing import Any, Callable, Optional
 
 import flax.serialization
 import jax
 import orbax.checkpoint as ocp
+from orbax.checkpoint import multihost
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 log = logging.getLogger(__name__)
@@ -106,9 +109,26 @@ def restore_latest(manager: ocp.CheckpointManager, target: Any, *, sharding: Any
         try:
             return _restore_step(manager, step, target, sharding)
         except Exception as e:  # noqa: BLE001 - any read failure means "this checkpoint is damaged"
+            moved = _set_aside(manager, step)
             report(f"checkpoint at step {step} in {manager.directory} is unreadable "
-                   f"({type(e).__name__}: {str(e)[:200]}); trying the previous one.")
+                   f"({type(e).__name__}: {str(e)[:200]}); moved to {moved}; trying the previous "
+                   f"one.")
     return None
+
+
+def _set_aside(manager: ocp.CheckpointManager, step: int) -> pathlib.Path:
+    """Move a damaged checkpoint out of the manager's directory (kept for inspection, not deleted).
+
+    Otherwise the resumed run could not write a new checkpoint at that step.
+    """
+    src = pathlib.Path(manager.directory) / str(step)
+    dst = src.parent.with_name(src.parent.name + "-damaged") / f"{step}-{int(time.time())}"
+    if jax.process_index() == 0:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        src.rename(dst)
+    multihost.sync_global_processes(f"set_aside_{step}")
+    manager.reload()
+    return dst
 
 
 def restore_step(manager: ocp.CheckpointManager, step: int, target: Any, *,
@@ -123,3 +143,24 @@ def snapshot_steps(directory: str | pathlib.Path) -> list[int]:
     if not path.is_dir():
         return []
     return sorted(ocp.utils.checkpoint_steps(path))
+
+
+def restore_as_saved(manager: ocp.CheckpointManager, step: int) -> tuple[Any, Any]:
+    """(state dict of numpy-backed arrays on this process's first device, meta) at `step`.
+
+    For inspection and tools: needs no training-state template, and works whatever the device
+    topology of the run that wrote the checkpoint.
+    """
+    device = jax.local_devices()[0]
+    path = pathlib.Path(manager.directory) / str(step)
+    with ocp.StandardCheckpointer() as checkpointer:
+        metadata = checkpointer.metadata(path / "state")
+        tree = getattr(metadata, "item_metadata", metadata)
+        tree = getattr(tree, "tree", tree)
+        abstract = jax.tree_util.tree_map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype,
+                                           sharding=jax.sharding.SingleDeviceSharding(device)),
+            tree)
+        state = checkpointer.restore(path / "state", abstract)
+    # The meta item is the plain JSON file the JsonCheckpointHandler wrote.
+    return state, json.loads((path / "meta" / "metadata").read_text())

@@ -18,7 +18,6 @@ import time
 from typing import Any, Callable, Mapping, Optional
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils

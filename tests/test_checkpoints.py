@@ -49,10 +49,9 @@ def _params(workdir: pathlib.Path):
     """Final-step params and EMA of a run, read back through our own restore."""
     manager = checkpoints.open_manager(workdir / "checkpoints", snapshot_every=12, read_only=True)
     step = max(manager.all_steps())
-    out = manager.restore(step, args=checkpoints.ocp.args.Composite(
-        state=checkpoints.ocp.args.StandardRestore(), meta=checkpoints.ocp.args.JsonRestore()))
+    state, _ = checkpoints.restore_as_saved(manager, step)
     manager.close()
-    return step, out["state"]["params"], out["state"]["params_ema"]
+    return step, state["params"], state["params_ema"]
 
 
 def _assert_same(a, b):
@@ -111,6 +110,10 @@ def test_damaged_latest_falls_back(tmp_path, what):
     assert restored.step == 4
     _assert_same(restored.state, _tree(4))
     assert len(reports) == 1 and "step 6" in reports[0]
+    # Set aside for inspection, not deleted; a new checkpoint at step 6 can now be written.
+    assert [p.name.split("-")[0] for p in (tmp_path.parent / f"{tmp_path.name}-damaged").iterdir()] == ["6"]
+    checkpoints.save(manager, 6, _tree(6), None)
+    manager.wait_until_finished()
 
 
 def test_half_written_and_failed_saves_keep_complete_ones(tmp_path):
@@ -177,6 +180,7 @@ def test_truncated_latest_checkpoint_uses_previous(reference):
     # 24 was the newest; the preemption checkpoint 21 was removed once 24 was complete, so the
     # previous complete checkpoint is the snapshot at 12.
     assert "resuming from the checkpoint at step 12" in out.stdout
+    assert (workdir / "checkpoints-damaged").is_dir()
     _, params, ema = _params(workdir)
     _, ref_params, ref_ema = _params(ref_dir)
     _assert_same(params, ref_params)

@@ -62,9 +62,8 @@ def test_two_processes_train_agree_and_write_one_checkpoint_set(tmp_path):
     import jax
     import numpy as np
     manager = checkpoints.open_manager(workdir / "checkpoints", snapshot_every=2, read_only=True)
-    out = manager.restore(4, args=checkpoints.ocp.args.Composite(
-        state=checkpoints.ocp.args.StandardRestore(), meta=checkpoints.ocp.args.JsonRestore()))
+    state, _ = checkpoints.restore_as_saved(manager, 4)
     h = hashlib.sha256()
-    for leaf in jax.tree_util.tree_leaves(out["state"]["params"]):
+    for leaf in jax.tree_util.tree_leaves(state["params"]):
         h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
     assert h.hexdigest() == digests[0][1]
