@@ -14,8 +14,13 @@ want="$(sha256sum requirements.txt | cut -d' ' -f1)"
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "[run.sh] installing requirements into $VENV (first run only, ~1 minute)" >&2
   "$PY" -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q --upgrade pip >&2
-  "$VENV/bin/python" -m pip install -q -r requirements.txt >&2
+  log="$VENV/pip-install.log"
+  if ! { "$VENV/bin/python" -m pip install --upgrade pip &&
+         "$VENV/bin/python" -m pip install -r requirements.txt; } >"$log" 2>&1; then
+    tail -n 30 "$log" >&2
+    echo "[run.sh] pip install failed; full log in $log" >&2
+    exit 1
+  fi
   echo "$want" > "$stamp"
 fi
 if [ "${1:-}" = "tests" ]; then
