@@ -43,7 +43,8 @@ def _define_config_flag() -> None:
 
 _define_config_flag()
 flags.DEFINE_string("workdir", None, "Work directory: checkpoints, logs, samples.")
-flags.DEFINE_enum("mode", "train", ["train", "eval"], "Running mode: train or eval.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "train_eval"],
+                  "Running mode: train, eval, or train_eval (train, then evaluate the result).")
 flags.DEFINE_string("eval_folder", "eval", "Folder name (under workdir) for evaluation results.")
 flags.DEFINE_string("init_from_official", None,
                     "Start from an official score_sde checkpoint file (train: initial parameters; "
@@ -75,10 +76,10 @@ def main(argv):
     from score_jax import parallel
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                     FLAGS.process_id)
-    if FLAGS.mode == "train":
+    if FLAGS.mode in ("train", "train_eval"):
         from score_jax import train
         train.train(FLAGS.config, FLAGS.workdir, init_from_official=FLAGS.init_from_official)
-    else:
+    if FLAGS.mode in ("eval", "train_eval"):
         from score_jax import evaluate
         evaluate.evaluate(FLAGS.config, FLAGS.workdir, FLAGS.eval_folder,
                           init_from_official=FLAGS.init_from_official)

@@ -51,6 +51,11 @@ def get_default_configs() -> ml_collections.ConfigDict:
     evaluate.bpd_dataset = 'test'
     # score_jax: passes over the bpd data set with fresh dequantisation noise (official: hard-coded 5).
     evaluate.bpd_num_repeats = 5
+    # Addition: tolerances of the bits/dim ODE solve (the official code fixes 1e-5),
+    # and the sample-quality metrics computed on the evaluation samples (none yet).
+    evaluate.bpd_rtol = 1e-5
+    evaluate.bpd_atol = 1e-5
+    evaluate.sample_metrics = ()
 
     # data
     config.data = data = ml_collections.ConfigDict()

@@ -27,7 +27,8 @@ DIGITS = [name for name in CONFIGS if "digits" in name]
 ADDITIONS = {
     "training.n_jitted_steps": 0, "training.nan_policy": "stop", "model.remat": False, "model.dtype": "float32",
     "model.ema_warmup": False, "data.data_dir": "", "data.download": False, "eval.bpd_num_repeats": 5,
-    "sampling.ode_rtol": 1e-5, "sampling.ode_atol": 1e-5,
+    "sampling.ode_rtol": 1e-5, "sampling.ode_atol": 1e-5, "eval.bpd_rtol": 1e-5, "eval.bpd_atol": 1e-5,
+    "eval.sample_metrics": (),
 }
 # Where a config sets an addition on purpose: the official 1024x1024 files fix n_jitted_steps; the
 # digits base sets its CPU choices.
@@ -35,7 +36,8 @@ ADDITION_EXCEPTIONS = {
     "ve/celebahq_ncsnpp_continuous": {"training.n_jitted_steps": 1},
     "ve/ffhq_ncsnpp_continuous": {"training.n_jitted_steps": 2},
     **{name: {"model.ema_warmup": True, "eval.bpd_num_repeats": 1, "sampling.ode_rtol": 1e-3,
-              "sampling.ode_atol": 1e-3} for name in DIGITS},
+              "sampling.ode_atol": 1e-3, "eval.bpd_rtol": 1e-3, "eval.bpd_atol": 1e-3}
+       for name in DIGITS},
 }
 
 # Values read in the official score_sde config files (yang-song/score_sde, configs/...).
@@ -182,15 +184,17 @@ def test_digits_configs():
     for flag in ("name", "fir", "progressive", "progressive_input", "embedding_type", "scale_by_sigma",
                  "resblock_type", "skip_rescale", "init_scale", "attention_type", "conditional"):
         assert vp.model[flag] == cifar.model[flag], flag  # the DDPM++ flags
-    assert (vp.training.batch_size, vp.optim.lr, vp.optim.warmup, vp.training.n_iters) == (64, 1e-3, 100, 1500)
+    assert (vp.training.batch_size, vp.optim.lr, vp.optim.warmup, vp.training.n_iters) == (64, 1e-3, 100, 1200)
     assert (vp.model.ema_rate, vp.model.ema_warmup, vp.sampling.method) == (0.999, True, "ode")
-    assert (vp.training.snapshot_freq, vp.training.snapshot_freq_for_preemption) == (500, 100)
+    assert (vp.training.snapshot_freq, vp.training.snapshot_freq_for_preemption) == (400, 100)
     assert (vp.training.log_freq, vp.training.eval_freq) == (50, 100)
-    assert (vp.eval.batch_size, vp.eval.num_samples) == (256, 64)
+    assert (vp.eval.batch_size, vp.eval.num_samples) == (304, 64)
+    assert vp.eval.batch_size % 8 == 0 and vp.eval.bpd_rtol == vp.eval.bpd_atol == 1e-3
     assert vp.eval.enable_bpd and vp.eval.enable_sampling
-    # Checkpoints are numbered step // snapshot_freq: eval covers every snapshot of the run.
-    snapshots = range(1, vp.training.n_iters // vp.training.snapshot_freq + 1)
-    assert (vp.eval.begin_ckpt, vp.eval.end_ckpt) == (snapshots[0], snapshots[-1])
+    # Checkpoints are numbered step // snapshot_freq: the quick start evaluates the last snapshot.
+    last = vp.training.n_iters // vp.training.snapshot_freq
+    assert vp.training.n_iters % vp.training.snapshot_freq == 0
+    assert (vp.eval.begin_ckpt, vp.eval.end_ckpt) == (last, last)
     assert subvp.training.sde == "subvpsde" and subvp.to_dict() == {
         **vp.to_dict(), "training": {**vp.training.to_dict(), "sde": "subvpsde"}}
     ve_ncsnpp = load("ve/cifar10_ncsnpp_continuous")
