@@ -15,8 +15,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
     # training
     config.training = training = ml_collections.ConfigDict()
     training.batch_size = 64
-    training.n_iters = 1200
-    training.snapshot_freq = 400
+    training.n_iters = 1000
+    training.snapshot_freq = 500
     training.log_freq = 50
     training.eval_freq = 100
     training.snapshot_freq_for_preemption = 100
@@ -39,10 +39,10 @@ def get_default_configs() -> ml_collections.ConfigDict:
     sampling.ode_atol = 1e-3
 
     # evaluation: checkpoint n is the snapshot at step n * snapshot_freq; the quick start
-    # evaluates only the last one (3 = step 1200). One batch of 304 covers the 297 test digits.
+    # evaluates only the last one (2 = step 1000). One batch of 304 covers the 297 test digits.
     config.eval = evaluate = ml_collections.ConfigDict()
-    evaluate.begin_ckpt = 3
-    evaluate.end_ckpt = 3
+    evaluate.begin_ckpt = 2
+    evaluate.end_ckpt = 2
     evaluate.batch_size = 304
     evaluate.enable_sampling = True
     evaluate.num_samples = 64

@@ -34,7 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
     model.nf = 32
     model.ch_mult = (1, 2)
     model.num_res_blocks = 1
-    model.attn_resolutions = (4,)
+    model.attn_resolutions = ()  # see vp/digits_ddpmpp_continuous.py
     model.resamp_with_conv = True
     model.conditional = True
     model.fir = False
