@@ -228,16 +228,16 @@ def _tfds_source(tfds_name: str, split: str, data_dir: str | os.PathLike | None,
                 f"{_prepare_command(tfds_name, data_dir)} and copy {data_dir}/{tfds_name} here, "
                 f"or pass download=True to prepare it in place.")
         builder.download_and_prepare(file_format="array_record")
-    try:
-        return tfds.data_source(tfds_name, split=split, data_dir=data_dir, download=False)
-    except NotImplementedError as e:  # tfds: prepared as TFRecord, which has no random access
-        file_format = builder.info.file_format.value if builder.info.file_format else "tfrecord"
+    # tfds.data_source reads only array_record; older preparations default to TFRecord.
+    file_format = builder.info.file_format.value if builder.info.file_format else "tfrecord"
+    if file_format != "array_record":
         raise DatasetNotPreparedError(
             f"Data set {tfds_name!r} in data dir {data_dir!r} is stored as {file_format}, which "
             f"has no random access. Prepare an array_record copy in another data dir with: "
             f"{_prepare_command(tfds_name, data_dir + '_array_record')}, or convert this one with "
             f"`tfds convert_format --root_data_dir={data_dir} --out_file_format=array_record` "
-            f"(needs TensorFlow).") from e
+            f"(needs TensorFlow).")
+    return tfds.data_source(tfds_name, split=split, data_dir=data_dir, download=False)
 
 
 class _TFRecordSource:
