@@ -14,6 +14,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from score_jax import errors
+
 _HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CONFIG = os.path.join(_HERE, "configs", "vp", "digits_ddpmpp_continuous.py")
 
@@ -55,18 +57,6 @@ flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-host
 flags.DEFINE_integer("process_id", None, "Index of this process in a multi-host job.")
 flags.mark_flags_as_required(["workdir"])
 
-def _user_errors() -> tuple[type, ...]:
-    """Exception types that report a mistake in the command line, config, data or file system."""
-    types = [ValueError, FileNotFoundError, PermissionError, NotADirectoryError, FileExistsError]
-    for module, name in (("score_jax.datasets", "MissingDependencyError"),
-                         ("score_jax.train", "NonFiniteLossError"),
-                         ("score_jax.likelihood", "SolverError")):
-        cls = getattr(sys.modules.get(module), name, None)
-        if isinstance(cls, type):
-            types.append(cls)
-    return tuple(types)
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -104,7 +94,7 @@ def run() -> None:
     try:
         app.run(main, flags_parser=_parse_flags)
     except Exception as e:  # noqa: BLE001 - re-raised below unless it is a user error
-        if _SHOW_TRACEBACK or not isinstance(e, _user_errors()):
+        if _SHOW_TRACEBACK or not isinstance(e, errors.UserError):
             raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

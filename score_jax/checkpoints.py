@@ -25,6 +25,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import multihost
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+from score_jax.errors import InvalidInputError
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def open_manager(directory: str | pathlib.Path, *, snapshot_every: int,
                  async_save: bool = True, read_only: bool = False) -> ocp.CheckpointManager:
     """A CheckpointManager that keeps the newest checkpoint and every multiple of `snapshot_every`."""
     if snapshot_every < 1:
-        raise ValueError(f"training.snapshot_freq: expected a positive number of steps, "
+        raise InvalidInputError(f"training.snapshot_freq: expected a positive number of steps, "
                          f"got {snapshot_every}.")
     policy = pp.AnyPreservationPolicy([pp.LatestN(1), pp.EveryNSteps(snapshot_every)])
     options = ocp.CheckpointManagerOptions(
@@ -88,7 +89,7 @@ def _restore_step(manager: ocp.CheckpointManager, step: int, target: Any,
         meta=ocp.args.JsonRestore()))
     meta = out["meta"]
     if int(meta["step"]) != step:
-        raise ValueError(f"checkpoint {step}: its metadata names step {meta['step']}.")
+        raise InvalidInputError(f"checkpoint {step}: its metadata names step {meta['step']}.")
     state = flax.serialization.from_state_dict(target, out["state"])
     return Restored(step=step, state=state, data_state=meta.get("data"))
 

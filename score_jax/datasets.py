@@ -30,6 +30,7 @@ import struct
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
+from score_jax.errors import InvalidInputError, MissingDependencyError, MissingFileError
 
 NAMES = ("digits", "cifar10", "svhn_cropped", "celeba", "lsun/<category>", "ffhq", "celebahq")
 # The official config names (config.data.dataset) -> ours; LSUN also needs config.data.category.
@@ -38,12 +39,8 @@ OFFICIAL_NAMES = {"CIFAR10": "cifar10", "SVHN": "svhn_cropped", "CELEBA": "celeb
 _CONVERT = np.float32(1.0 / 255.0)  # tf.image.convert_image_dtype multiplies by this, not / 255
 
 
-class DatasetNotPreparedError(FileNotFoundError):
+class DatasetNotPreparedError(MissingFileError):
     """A data set is not on disk in a readable form; the message says how to prepare it."""
-
-
-class MissingDependencyError(ImportError):
-    """An optional dependency (TensorFlow, for TFRecords) is needed but not installed."""
 
 
 def get_data_scaler(centered: bool) -> Callable[[Any], Any]:
@@ -72,7 +69,7 @@ def _kernel(method: str, x: np.ndarray) -> np.ndarray:
 def resize_weights(in_size: int, out_size: int, method: str) -> np.ndarray:
     """Antialiased resize matrix float32 [out_size, in_size]: tf.image scale_and_translate weights."""
     if method not in ("linear", "cubic"):
-        raise ValueError(f"method must be 'linear' or 'cubic', got {method!r}.")
+        raise InvalidInputError(f"method must be 'linear' or 'cubic', got {method!r}.")
     inv_scale = in_size / out_size
     # Antialiasing widens the kernel by the shrink factor, so downsampling low-pass filters.
     kernel_scale = max(inv_scale, 1.0)
@@ -102,7 +99,7 @@ def central_crop(image: np.ndarray, size: int) -> np.ndarray:
     """Centre size x size window of [H, W, C], top-left at ((H - size) // 2, (W - size) // 2)."""
     h, w = image.shape[:2]
     if size > min(h, w):
-        raise ValueError(f"crop size {size} exceeds the image shape {image.shape[:2]}.")
+        raise InvalidInputError(f"crop size {size} exceeds the image shape {image.shape[:2]}.")
     top, left = (h - size) // 2, (w - size) // 2
     return image[top:top + size, left:left + size]
 
@@ -151,7 +148,7 @@ def _preprocess_lsun(image: np.ndarray, size: int) -> np.ndarray:
 def _preprocess_tfrecord(image: np.ndarray, size: int) -> np.ndarray:
     """FFHQ / CelebA-HQ: stored at the training resolution; only scaled to [0, 1] (as official)."""
     if image.shape[0] != size or image.shape[1] != size:
-        raise ValueError(f"image_size is {size} but the TFRecords hold {image.shape[:2]} images; "
+        raise InvalidInputError(f"image_size is {size} but the TFRecords hold {image.shape[:2]} images; "
                          f"use the TFRecords file made for resolution {size}.")
     return _to_float(image)
 
@@ -182,7 +179,7 @@ def _spec(name: str) -> tuple[_Spec, str]:
     """(spec, tfds name) of a data set name such as 'cifar10' or 'lsun/bedroom'."""
     base, _, category = name.partition("/")
     if base not in _SPECS or (base == "lsun") != bool(category):
-        raise ValueError(f"unknown data set name {name!r}; valid names: {', '.join(NAMES)}.")
+        raise InvalidInputError(f"unknown data set name {name!r}; valid names: {', '.join(NAMES)}.")
     spec = _SPECS[base]
     return spec, (f"lsun/{category}" if base == "lsun" else spec.tfds_name)
 
@@ -215,7 +212,7 @@ def _tfds_source(tfds_name: str, split: str, data_dir: str | os.PathLike | None,
     if tfds_name.startswith("lsun/"):
         categories = sorted(tfds.builder_cls("lsun").builder_configs)
         if tfds_name[5:] not in categories:
-            raise ValueError(f"unknown LSUN category {tfds_name[5:]!r} in data set name "
+            raise InvalidInputError(f"unknown LSUN category {tfds_name[5:]!r} in data set name "
                              f"'{tfds_name}'; valid categories: {', '.join(categories)}.")
     builder = tfds.builder(tfds_name, data_dir=data_dir)
     if not builder.is_prepared():
@@ -285,7 +282,7 @@ def record_offsets(path: str) -> list[tuple[int, int]]:
             out.append((offset + 12, length))
             offset += 12 + length + 4  # payload and its 4-byte CRC
     if offset != size:
-        raise ValueError(f"{path!r} is not a complete TFRecord file (size {size}, parsed "
+        raise InvalidInputError(f"{path!r} is not a complete TFRecord file (size {size}, parsed "
                          f"{offset}).")
     return out
 
@@ -310,7 +307,7 @@ def open_source(name: str, split: str = "train", data_dir: str | os.PathLike | N
     split = spec.eval_split if split == "eval" else split
     if name in ("ffhq", "celebahq"):
         if not tfrecords_path:
-            raise ValueError(f"data set {name!r} needs tfrecords_path (the official TFRecords "
+            raise InvalidInputError(f"data set {name!r} needs tfrecords_path (the official TFRecords "
                              f"file), got {tfrecords_path!r}.")
         return _TFRecordSource(os.fspath(tfrecords_path))
     if name == "digits":
@@ -481,11 +478,11 @@ class TrainIterator:
         mine = self.get_state()
         for field in ("seed", "dataset", "num_examples", "global_batch_size"):
             if state.get(field) != mine[field]:
-                raise ValueError(f"iterator state field {field!r} is {state.get(field)!r} but this "
+                raise InvalidInputError(f"iterator state field {field!r} is {state.get(field)!r} but this "
                                  f"iterator has {mine[field]!r}; resume with the same settings.")
         step = state.get("step")
         if not isinstance(step, int) or step < 0:
-            raise ValueError(f"iterator state field 'step' must be an int >= 0, got {step!r}.")
+            raise InvalidInputError(f"iterator state field 'step' must be an int >= 0, got {step!r}.")
         for future in self._pending.values():
             future.cancel()
         self._pending.clear()
@@ -507,9 +504,9 @@ def _process(process_index: int | None, process_count: int | None,
         process_index = jax.process_index() if process_index is None else process_index
         process_count = jax.process_count() if process_count is None else process_count
     if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index must be in [0, {process_count}), got {process_index}.")
+        raise InvalidInputError(f"process_index must be in [0, {process_count}), got {process_index}.")
     if global_batch_size <= 0 or global_batch_size % process_count:
-        raise ValueError(f"global_batch_size must be a positive multiple of process_count="
+        raise InvalidInputError(f"global_batch_size must be a positive multiple of process_count="
                          f"{process_count}, got {global_batch_size}.")
     return process_index, process_count
 
@@ -518,12 +515,12 @@ def _pipeline(name: str, split: str, data_dir, image_size: int, seed: int, rando
               uniform_dequantization: bool, tfrecords_path, download: bool) -> Pipeline:
     """Opens the source of a split and bundles it with the preprocessing options."""
     if not isinstance(image_size, int) or image_size <= 0:
-        raise ValueError(f"image_size must be a positive int, got {image_size!r}.")
+        raise InvalidInputError(f"image_size must be a positive int, got {image_size!r}.")
     if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}.")
+        raise InvalidInputError(f"seed must be an int >= 0, got {seed!r}.")
     source = open_source(name, split, data_dir, tfrecords_path=tfrecords_path, download=download)
     if len(source) == 0:
-        raise ValueError(f"split {split!r} of data set {name!r} is empty.")
+        raise InvalidInputError(f"split {split!r} of data set {name!r} is empty.")
     return Pipeline(source, _spec(name)[0].preprocess, image_size, seed, random_flip,
                     uniform_dequantization)
 
@@ -571,7 +568,7 @@ def eval_iterator(name: str, *, image_size: int, global_batch_size: int,
 def from_official_name(dataset: str, category: str | None = None) -> str:
     """Official config.data.dataset (+ LSUN category) -> our name: ('LSUN', 'tower') -> 'lsun/tower'."""
     if dataset not in OFFICIAL_NAMES:
-        raise ValueError(f"unknown official data set {dataset!r}; valid: "
+        raise InvalidInputError(f"unknown official data set {dataset!r}; valid: "
                          f"{', '.join(OFFICIAL_NAMES)}.")
     name = OFFICIAL_NAMES[dataset]
     return f"{name}/{category}" if name == "lsun" else name

@@ -25,6 +25,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from score_jax import checkpoints, datasets, images, likelihood, parallel, train
 from score_jax.models import score as score_lib
+from score_jax.errors import InvalidInputError, MissingFileError
 
 _LOSS_STREAM, _BPD_STREAM, _SAMPLE_STREAM = 0x1055, 0xB9D, 0x5A3C
 
@@ -133,7 +134,7 @@ def sample_metrics(names, samples: np.ndarray, config) -> dict[str, float]:
     """The SAMPLE_METRICS named in `names`, computed on uint8 samples [N, H, W, C]."""
     unknown = [n for n in names if n not in SAMPLE_METRICS]
     if unknown:
-        raise ValueError(f"eval.sample_metrics: unknown metrics {unknown}; available: "
+        raise InvalidInputError(f"eval.sample_metrics: unknown metrics {unknown}; available: "
                          f"{sorted(SAMPLE_METRICS)}.")
     return {n: float(SAMPLE_METRICS[n](samples, config)) for n in names}
 
@@ -180,7 +181,7 @@ def _checkpoints_to_evaluate(config, manager) -> list[tuple[str, int]]:
     wanted = [(f"ckpt_{n}", n * freq) for n in range(int(ev.begin_ckpt), int(ev.end_ckpt) + 1)]
     found = [(label, step) for label, step in wanted if step in available]
     if not found:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"no checkpoint to evaluate in {manager.directory}: eval.begin_ckpt..end_ckpt = "
             f"{ev.begin_ckpt}..{ev.end_ckpt} means steps {[s for _, s in wanted]} "
             f"(n * training.snapshot_freq), found steps {sorted(available)}. Train first, or set "
@@ -232,7 +233,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     _eval_iter(config, 0, False)  # a missing data set fails here, before any work
     workdir = pathlib.Path(workdir).expanduser().absolute()
     if not init_from_official and not (workdir / "checkpoints").is_dir():
-        raise FileNotFoundError(f"--workdir: {workdir} holds no checkpoints/ directory; train "
+        raise MissingFileError(f"--workdir: {workdir} holds no checkpoints/ directory; train "
                                 f"first (--mode train) or pass the workdir of a training run.")
     eval_dir = train.prepare_workdir(workdir) / eval_folder
     if parallel.is_main_process():

@@ -8,6 +8,7 @@ import pathlib
 
 import numpy as np
 from PIL import Image
+from score_jax.errors import InvalidInputError
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -24,7 +25,7 @@ def image_grid(images: np.ndarray, *, ncol: int | None = None, padding: int = 2,
     """
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] not in (1, 3):
-        raise ValueError(f"images: expected shape [N, H, W, C] with C in (1, 3), got {images.shape}.")
+        raise InvalidInputError(f"images: expected shape [N, H, W, C] with C in (1, 3), got {images.shape}.")
     n, h, w, c = images.shape
     scale = max(1, math.ceil(min_tile / max(h, w)))
     tiles = to_uint8(images).repeat(scale, axis=1).repeat(scale, axis=2)

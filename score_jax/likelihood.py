@@ -63,6 +63,7 @@ import numpy as np
 from score_jax import ode_stepper
 from score_jax import sde as sde_lib
 from score_jax.ode_stepper import SolverError
+from score_jax.errors import InvalidInputError
 
 Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]
@@ -132,7 +133,7 @@ class _AugmentedDrift(eqx.Module):
 def resolve_method(method: str) -> str:
     """'auto' -> 'stepped' on CPU (conv VJPs in compiled loops are slow), else 'diffeqsolve'."""
     if method not in METHODS:
-        raise ValueError(f"method: unknown solver {method!r}; valid names are {list(METHODS)}.")
+        raise InvalidInputError(f"method: unknown solver {method!r}; valid names are {list(METHODS)}.")
     if method == "auto":
         return "stepped" if jax.default_backend() == "cpu" else "diffeqsolve"
     return method
@@ -230,18 +231,18 @@ def _draw_noise(key: Array, x: Array, hutchinson: str) -> Optional[Array]:
 
 def _validate(sde, score_fn, x, hutchinson, rtol, atol, eps) -> None:
     if hutchinson not in HUTCHINSON:
-        raise ValueError(f"hutchinson: unknown divergence estimator {hutchinson!r}; valid names "
+        raise InvalidInputError(f"hutchinson: unknown divergence estimator {hutchinson!r}; valid names "
                          f"are {list(HUTCHINSON)}.")
     if not 0.0 < eps < sde.T:
-        raise ValueError(f"eps must lie in (0, T) = (0, {sde.T}), got eps={eps}.")
+        raise InvalidInputError(f"eps must lie in (0, T) = (0, {sde.T}), got eps={eps}.")
     if not (rtol > 0 and atol > 0):
-        raise ValueError(f"rtol and atol must be positive, got rtol={rtol}, atol={atol}.")
+        raise InvalidInputError(f"rtol and atol must be positive, got rtol={rtol}, atol={atol}.")
     if x.ndim < 2 or not jnp.issubdtype(x.dtype, jnp.floating):
-        raise ValueError(f"x must be floating data [batch, ...] (dequantised and scaled), got "
+        raise InvalidInputError(f"x must be floating data [batch, ...] (dequantised and scaled), got "
                          f"shape {x.shape} dtype {x.dtype}.")
     out = jax.eval_shape(score_fn, x, jnp.zeros(x.shape[:1], x.dtype))
     if getattr(out, "shape", None) != x.shape:
-        raise ValueError(f"score_fn(x, t) must return the shape of x {x.shape}, got "
+        raise InvalidInputError(f"score_fn(x, t) must return the shape of x {x.shape}, got "
                          f"{getattr(out, 'shape', type(out))}.")
 
 
@@ -320,10 +321,10 @@ def bpd(key: Array, sde: sde_lib.SDE, score_fn: ScoreFn, x: Array, *, centered: 
     if inverse_scaler_slope is None:
         slope = 0.5 if centered else 1.0
     elif centered:
-        raise ValueError(f"give either centered=True or inverse_scaler_slope="
+        raise InvalidInputError(f"give either centered=True or inverse_scaler_slope="
                          f"{inverse_scaler_slope}, not both.")
     elif not inverse_scaler_slope > 0:
-        raise ValueError(f"inverse_scaler_slope must be positive, got {inverse_scaler_slope}.")
+        raise InvalidInputError(f"inverse_scaler_slope must be positive, got {inverse_scaler_slope}.")
     else:
         slope = float(inverse_scaler_slope)
     logp, z, nfe = log_likelihood(key, sde, score_fn, x, **kwargs)

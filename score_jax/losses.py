@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 from score_jax import sde as sde_lib
 from score_jax.models import score as mscore
+from score_jax.errors import InvalidInputError
 
 Array = jax.Array
 ApplyFn = Callable[..., Any]
@@ -39,13 +40,13 @@ def _reduce(per_element: Array, reduce_mean: bool) -> Array:
 def _check_batch(x: Array, data_shape: Optional[tuple[int, ...]]) -> None:
     """Raise at trace time (shapes are static) when x is not a float batch of the model's data shape."""
     if x.ndim < 2:
-        raise ValueError(f"x: expected a batch [B, *data_shape] with at least 2 axes, got shape "
+        raise InvalidInputError(f"x: expected a batch [B, *data_shape] with at least 2 axes, got shape "
                          f"{x.shape}; add a leading batch axis.")
     if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise ValueError(f"x: expected floating-point data (scaled by the data scaler), got dtype "
+        raise InvalidInputError(f"x: expected floating-point data (scaled by the data scaler), got dtype "
                          f"{x.dtype}.")
     if data_shape is not None and tuple(x.shape[1:]) != tuple(data_shape):
-        raise ValueError(f"x: batch of shape {x.shape} does not match the model's data shape "
+        raise InvalidInputError(f"x: batch of shape {x.shape} does not match the model's data shape "
                          f"[B, *{tuple(data_shape)}]; check data.image_size / data.num_channels.")
 
 
@@ -142,27 +143,27 @@ def _default_loss(sde: sde_lib.SDE, continuous: bool) -> str:
         return "smld"
     if isinstance(sde, sde_lib.VPSDE):
         return "ddpm"
-    raise ValueError(f"training.continuous: discrete training is defined for VESDE (SMLD) and VPSDE "
+    raise InvalidInputError(f"training.continuous: discrete training is defined for VESDE (SMLD) and VPSDE "
                      f"(DDPM) only, got continuous=False with {type(sde).__name__}; set "
                      f"training.continuous=True.")
 
 
 def _validate(sde: sde_lib.SDE, name: str, likelihood_weighting: bool, eps: float) -> None:
     if not isinstance(sde, (sde_lib.VESDE, sde_lib.VPSDE, sde_lib.SubVPSDE)):
-        raise ValueError(f"sde: expected VESDE, VPSDE or SubVPSDE, got {type(sde).__name__}.")
+        raise InvalidInputError(f"sde: expected VESDE, VPSDE or SubVPSDE, got {type(sde).__name__}.")
     if name not in LOSSES:
-        raise ValueError(f"loss: unknown loss {name!r}; valid names are {list(LOSSES)}.")
+        raise InvalidInputError(f"loss: unknown loss {name!r}; valid names are {list(LOSSES)}.")
     if name == "smld" and not isinstance(sde, sde_lib.VESDE):
-        raise ValueError(f"loss: 'smld' needs a VESDE, got {type(sde).__name__}.")
+        raise InvalidInputError(f"loss: 'smld' needs a VESDE, got {type(sde).__name__}.")
     # SubVPSDE is not a VPSDE subclass, so this rejects it too.
     if name == "ddpm" and not isinstance(sde, sde_lib.VPSDE):
-        raise ValueError(f"loss: 'ddpm' needs a VPSDE, got {type(sde).__name__}.")
+        raise InvalidInputError(f"loss: 'ddpm' needs a VPSDE, got {type(sde).__name__}.")
     if name != "dsm" and likelihood_weighting:
-        raise ValueError(f"training.likelihood_weighting: likelihood weighting is defined for the "
+        raise InvalidInputError(f"training.likelihood_weighting: likelihood weighting is defined for the "
                          f"continuous DSM loss only, got likelihood_weighting=True with the discrete "
                          f"{name!r} loss; set training.continuous=True or likelihood_weighting=False.")
     if not 0.0 < eps < sde.T:
-        raise ValueError(f"eps: the smallest training time must lie in (0, T={sde.T}), got eps={eps}.")
+        raise InvalidInputError(f"eps: the smallest training time must lie in (0, T={sde.T}), got eps={eps}.")
 
 
 def get_loss_fn(sde: sde_lib.SDE, apply_fn: ApplyFn, *, train: bool, reduce_mean: bool = False,

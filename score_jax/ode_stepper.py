@@ -29,6 +29,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from score_jax.errors import InvalidInputError, SolverError
 
 Array = jax.Array
 PyTree = Any
@@ -47,10 +48,6 @@ _A = ((),
 _B = (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84)
 _E = (-71 / 57600, 0.0, 71 / 16695, -71 / 1920, 17253 / 339200, -22 / 525, 1 / 40)
 _SAFETY, _MIN_FACTOR, _MAX_FACTOR, _ERROR_EXPONENT = 0.9, 0.2, 10.0, -1 / 5
-
-
-class SolverError(RuntimeError):
-    """An adaptive solve that did not reach its end time (step limit, tiny step, non-finite)."""
 
 
 class StepperState(NamedTuple):
@@ -202,9 +199,9 @@ def solve(vf: VectorField, y0: PyTree, t0: float, t1: float, args: PyTree = None
         because the vector field returned non-finite values).
     """
     if not t1 > t0:
-        raise ValueError(f"solve: needs t1 > t0, got t0={t0}, t1={t1}.")
+        raise InvalidInputError(f"solve: needs t1 > t0, got t0={t0}, t1={t1}.")
     if not (isinstance(max_steps, (int, np.integer)) and max_steps >= 1):
-        raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}.")
+        raise InvalidInputError(f"max_steps must be a positive integer, got {max_steps!r}.")
     dtype = jnp.result_type(*jax.tree_util.tree_leaves(y0))
     # Times and tolerances are traced, so changing them does not recompile.
     t0_a, t1_a = jnp.asarray(t0, dtype), jnp.asarray(t1, dtype)

@@ -23,6 +23,7 @@ from typing import Any, Optional, Union
 import msgpack
 import numpy as np
 from flax import serialization
+from score_jax.errors import InvalidInputError, MissingFileError
 
 PathLike = Union[str, pathlib.Path]
 Tree = Any  # nested dicts of numpy arrays
@@ -53,7 +54,7 @@ def latest_checkpoint_file(directory: PathLike) -> pathlib.Path:
     numbered = [(int(m.group(1)), p) for p in directory.iterdir()
                 if p.is_file() and (m := _CHECKPOINT_NAME.fullmatch(p.name))]
     if not numbered:
-        raise FileNotFoundError(f"checkpoint directory {str(directory)!r} holds no file named "
+        raise MissingFileError(f"checkpoint directory {str(directory)!r} holds no file named "
                                 f"checkpoint_<N>; pass the checkpoint file itself or another directory.")
     return max(numbered)[1]
 
@@ -90,7 +91,7 @@ def check_tree_matches(tree: Tree, template: Tree, *, what: str,
         problem = f"has {path!r} (shape {got[path]}), which {against} lack"
     else:
         problem = f"has {path!r} with shape {got[path]}, {against} {want[path]}"
-    raise ValueError(f"{what} does not match {against}: it {problem}{more}. Was it trained with another "
+    raise InvalidInputError(f"{what} does not match {against}: it {problem}{more}. Was it trained with another "
                      f"config than the one given?")
 
 
@@ -100,11 +101,11 @@ def _restore_bytes(path: pathlib.Path) -> Tree:
     try:
         tree = serialization.msgpack_restore(data)
     except (ValueError, TypeError, msgpack.exceptions.UnpackException) as err:
-        raise ValueError(f"{str(path)!r} is not a valid msgpack checkpoint ({len(data)} bytes; "
+        raise InvalidInputError(f"{str(path)!r} is not a valid msgpack checkpoint ({len(data)} bytes; "
                          f"{type(err).__name__}: {err}); the file may be truncated or not a flax "
                          f"checkpoint.") from None
     if not isinstance(tree, Mapping):
-        raise ValueError(f"{str(path)!r} holds a msgpack {type(tree).__name__}, not the state dict of a "
+        raise InvalidInputError(f"{str(path)!r} holds a msgpack {type(tree).__name__}, not the state dict of a "
                          f"score_sde checkpoint.")
     return tree
 
@@ -113,7 +114,7 @@ def _get(tree: Mapping, key: str, where: str, path: pathlib.Path) -> Any:
     """tree[key], or a ValueError naming the missing key and the keys present."""
     if not isinstance(tree, Mapping) or key not in tree:
         present = sorted(map(str, tree)) if isinstance(tree, Mapping) else type(tree).__name__
-        raise ValueError(f"{str(path)!r} is not an official score_sde checkpoint: {where} lacks "
+        raise InvalidInputError(f"{str(path)!r} is not an official score_sde checkpoint: {where} lacks "
                          f"{key!r} (found {present}).")
     return tree[key]
 
@@ -126,7 +127,7 @@ def _split_moments(param_states: Tree, path: pathlib.Path, prefix: str = "") -> 
     for key, value in param_states.items():
         where = f"{prefix}/{key}" if prefix else key
         if not isinstance(value, Mapping):
-            raise ValueError(f"{str(path)!r}: optimizer param_states/{where} is a leaf, expected "
+            raise InvalidInputError(f"{str(path)!r}: optimizer param_states/{where} is a leaf, expected "
                              f"{{grad_ema, grad_sq_ema}} (an Adam state of flax.optim).")
         mu[key], nu[key] = _split_moments(value, path, where)
     return mu, nu
@@ -156,7 +157,7 @@ def load_official_checkpoint(path: PathLike, params_template: Optional[Tree] = N
     """
     path = pathlib.Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"official checkpoint {str(path)!r} does not exist.")
+        raise MissingFileError(f"official checkpoint {str(path)!r} does not exist.")
     if path.is_dir():
         path = latest_checkpoint_file(path)
     state = _restore_bytes(path)
@@ -170,7 +171,7 @@ def load_official_checkpoint(path: PathLike, params_template: Optional[Tree] = N
     for name, tree in (("optimizer/target", params), ("params_ema", state["params_ema"]),
                        ("model_state", state["model_state"]), ("optimizer/state/param_states", param_states)):
         if not isinstance(tree, Mapping):
-            raise ValueError(f"{str(path)!r}: {name} is a {type(tree).__name__}, expected a tree of arrays.")
+            raise InvalidInputError(f"{str(path)!r}: {name} is a {type(tree).__name__}, expected a tree of arrays.")
     mu, nu = _split_moments(param_states, path)
     target = "its optimizer/target"
     check_tree_matches(state["params_ema"], params, what=f"{str(path)!r}: params_ema", against=target)
@@ -179,7 +180,7 @@ def load_official_checkpoint(path: PathLike, params_template: Optional[Tree] = N
         check_tree_matches(params, params_template, what=f"checkpoint {str(path)!r}")
     rng = np.asarray(state["rng"])
     if rng.shape != (2,):
-        raise ValueError(f"{str(path)!r}: rng has shape {rng.shape}, expected a raw PRNGKey of shape (2,).")
+        raise InvalidInputError(f"{str(path)!r}: rng has shape {rng.shape}, expected a raw PRNGKey of shape (2,).")
     return OfficialCheckpoint(
         step=int(np.asarray(state["step"])), params=_as_numpy_tree(params),
         params_ema=_as_numpy_tree(state["params_ema"]), model_state=_as_numpy_tree(state["model_state"]),

@@ -21,6 +21,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import optax
+from score_jax.errors import InvalidInputError
 
 Array = jax.Array
 
@@ -37,7 +38,7 @@ def warmup_schedule(lr: float, warmup: int) -> Callable[[Array], Array]:
 def clip_by_global_norm(clip: float) -> optax.GradientTransformation:
     """Scale the whole gradient tree by clip / max(||grad||_2, clip) (the official clipping)."""
     if not clip > 0:
-        raise ValueError(f"grad_clip: clipping needs a positive norm, got {clip}; a negative value "
+        raise InvalidInputError(f"grad_clip: clipping needs a positive norm, got {clip}; a negative value "
                          f"disables clipping.")
 
     def update(updates: Any, state: optax.EmptyState, params: Any = None) -> tuple[Any, Any]:
@@ -65,7 +66,7 @@ def get_optimizer(name: str = "Adam", *, lr: float, beta1: float = 0.9, beta2: f
       ValueError: unknown name or out-of-range hyperparameter.
     """
     if name not in OPTIMIZERS:
-        raise ValueError(f"optim.optimizer: unknown optimizer {name!r}; valid names are "
+        raise InvalidInputError(f"optim.optimizer: unknown optimizer {name!r}; valid names are "
                          f"{list(OPTIMIZERS)}.")
     checks = {"lr": (lr, lr >= 0), "beta1": (beta1, 0 <= beta1 < 1),
               "beta2": (beta2, 0 <= beta2 < 1), "eps": (eps, eps >= 0),
@@ -73,7 +74,7 @@ def get_optimizer(name: str = "Adam", *, lr: float, beta1: float = 0.9, beta2: f
               "grad_clip": (grad_clip, grad_clip != 0)}
     for field, (value, ok) in checks.items():
         if not ok:
-            raise ValueError(f"optim.{field}: invalid value {value!r} (lr, eps, weight_decay, "
+            raise InvalidInputError(f"optim.{field}: invalid value {value!r} (lr, eps, weight_decay, "
                              f"warmup >= 0; betas in [0, 1); grad_clip > 0, or < 0 to disable).")
 
     def chain(learning_rate: Array) -> optax.GradientTransformation:
@@ -102,7 +103,7 @@ def ema_rate(step: Array, rate: float, warmup: bool = False) -> Array:
     still holds 0.999^275 = 76% of the initial weights after 275 steps.
     """
     if not 0.0 <= rate <= 1.0:
-        raise ValueError(f"model.ema_rate: expected a decay in [0, 1], got {rate}.")
+        raise InvalidInputError(f"model.ema_rate: expected a decay in [0, 1], got {rate}.")
     rate_arr = jnp.asarray(rate, jnp.float32)
     if not warmup:
         return rate_arr

@@ -13,6 +13,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from score_jax.errors import InvalidInputError
 
 DATA_AXIS = "data"
 
@@ -30,12 +31,12 @@ def initialize_distributed(coordinator_address: Optional[str], num_processes: Op
         jax.distributed.initialize()
         return
     if coordinator_address is None or num_processes is None or process_id is None:
-        raise ValueError(
+        raise InvalidInputError(
             "multi-host flags: --coordinator_address, --num_processes and --process_id must be given "
             f"together, got coordinator_address={coordinator_address!r}, "
             f"num_processes={num_processes!r}, process_id={process_id!r}.")
     if not 0 <= process_id < num_processes:
-        raise ValueError(f"process_id: expected 0 <= process_id < num_processes={num_processes}, "
+        raise InvalidInputError(f"process_id: expected 0 <= process_id < num_processes={num_processes}, "
                          f"got {process_id}.")
     jax.distributed.initialize(coordinator_address=coordinator_address,
                                num_processes=num_processes, process_id=process_id)
@@ -66,7 +67,7 @@ def local_batch_size(global_batch_size: int, mesh: Mesh, name: str = "batch_size
     """Per-process share of a global batch; raises if the batch does not split over the devices."""
     n_dev = mesh.devices.size
     if global_batch_size % n_dev:
-        raise ValueError(
+        raise InvalidInputError(
             f"{name}: the global batch size {global_batch_size} must be a multiple of the "
             f"{n_dev} devices of the mesh; choose a multiple of {n_dev}.")
     return global_batch_size // jax.process_count()

@@ -37,6 +37,7 @@ import numpy as np
 
 from score_jax import sde as sde_lib
 from score_jax.sde import batch_broadcast
+from score_jax.errors import InvalidInputError, SolverError
 
 Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]
@@ -106,12 +107,12 @@ def ancestral_sampling(key: Array, sde: sde_lib.SDE, score_fn: ScoreFn, x: Array
 
 def _check_ancestral(sde: sde_lib.SDE, probability_flow: bool) -> None:
     if not isinstance(sde, (sde_lib.VESDE, sde_lib.VPSDE)):
-        raise ValueError(
+        raise InvalidInputError(
             f"predictor='ancestral_sampling' needs the SMLD (VESDE) or DDPM (VPSDE) Markov chain, got "
             f"sde={type(sde).__name__}: sub-VP has no discrete forward chain, so its ancestral step is "
             f"undefined; use predictor='reverse_diffusion' or 'euler_maruyama'.")
     if probability_flow:
-        raise ValueError("predictor='ancestral_sampling' is stochastic and has no probability-flow "
+        raise InvalidInputError("predictor='ancestral_sampling' is stochastic and has no probability-flow "
                          "form; set probability_flow=False or use 'reverse_diffusion'.")
 
 
@@ -208,7 +209,7 @@ def get_corrector(name: str) -> Callable[..., tuple[Array, Array]]:
 def _lookup(arg: str, name: str, table: dict) -> str:
     key = name.lower() if isinstance(name, str) else name
     if key not in table:
-        raise ValueError(f"{arg}={name!r} is unknown; valid names are {sorted(table)}.")
+        raise InvalidInputError(f"{arg}={name!r} is unknown; valid names are {sorted(table)}.")
     return key
 
 
@@ -225,23 +226,23 @@ def pc_nfe(sde: sde_lib.SDE, predictor: str, corrector: str, n_steps: int) -> in
 
 def _check_sde(sde) -> None:
     if not isinstance(sde, (sde_lib.VESDE, sde_lib.VPSDE, sde_lib.SubVPSDE)):
-        raise ValueError(f"sde: expected a VESDE, VPSDE or SubVPSDE, got {type(sde).__name__}.")
+        raise InvalidInputError(f"sde: expected a VESDE, VPSDE or SubVPSDE, got {type(sde).__name__}.")
 
 
 def _check_shape(shape) -> tuple[int, ...]:
     try:
         shape = tuple(int(s) for s in shape)
     except TypeError:
-        raise ValueError(f"shape must be a tuple of ints [batch, *data_shape], got {shape!r}.") from None
+        raise InvalidInputError(f"shape must be a tuple of ints [batch, *data_shape], got {shape!r}.") from None
     if len(shape) < 2 or min(shape) < 1:
-        raise ValueError(f"shape must be [batch, *data_shape] with positive sizes and at least 2 "
+        raise InvalidInputError(f"shape must be [batch, *data_shape] with positive sizes and at least 2 "
                          f"axes (use (batch, 1) for scalar data), got {shape}.")
     return shape
 
 
 def _check_eps(sde: sde_lib.SDE, eps: float) -> float:
     if not (isinstance(eps, (int, float, np.floating)) and 0.0 < eps < sde.T):
-        raise ValueError(f"eps must be a float in (0, T={sde.T}), the time at which sampling stops, "
+        raise InvalidInputError(f"eps must be a float in (0, T={sde.T}), the time at which sampling stops, "
                          f"got eps={eps!r}.")
     return float(eps)
 
@@ -250,18 +251,18 @@ def _check_positive(name: str, value, integer: bool = False) -> None:
     ok_type = (int, np.integer) if integer else (int, float, np.integer, np.floating)
     if isinstance(value, bool) or not isinstance(value, ok_type) or not value > 0:
         kind = "a positive integer" if integer else "a positive number"
-        raise ValueError(f"{name} must be {kind}, got {name}={value!r}.")
+        raise InvalidInputError(f"{name} must be {kind}, got {name}={value!r}.")
 
 
 def _check_score_fn(score_fn: ScoreFn, shape: tuple[int, ...], dtype) -> None:
     """Trace score_fn abstractly (no FLOPs) and check that it returns the shape of x."""
     if not callable(score_fn):
-        raise ValueError(f"score_fn must be a callable score_fn(x, t), got {type(score_fn).__name__}.")
+        raise InvalidInputError(f"score_fn must be a callable score_fn(x, t), got {type(score_fn).__name__}.")
     out = jax.eval_shape(score_fn, jax.ShapeDtypeStruct(shape, dtype),
                          jax.ShapeDtypeStruct(shape[:1], dtype))
     if not hasattr(out, "shape") or tuple(out.shape) != shape:
         got = getattr(out, "shape", type(out).__name__)
-        raise ValueError(f"score_fn(x, t) must return an array of the shape of x {shape} "
+        raise InvalidInputError(f"score_fn(x, t) must return an array of the shape of x {shape} "
                          f"(t has shape {shape[:1]}), got {got}.")
 
 
@@ -354,11 +355,11 @@ def pc_sample(key: Array, sde: sde_lib.SDE, score_fn: ScoreFn, shape: tuple[int,
     if x_init is not None:
         x_init = jnp.asarray(x_init)
         if x_init.shape != shape:
-            raise ValueError(f"x_init must have shape {shape}, got {x_init.shape}.")
+            raise InvalidInputError(f"x_init must have shape {shape}, got {x_init.shape}.")
         dtype = x_init.dtype
     _check_score_fn(score_fn, shape, dtype)
     if project is not None and not callable(project):
-        raise ValueError(f"project must be callable project(key, x, x_mean, t) or None, "
+        raise InvalidInputError(f"project must be callable project(key, x, x_mean, t) or None, "
                          f"got {type(project).__name__}.")
     samples = _pc_program(key, _as_pytree(score_fn), _as_pytree(project), x_init,
                           jnp.asarray(snr, dtype), sde=sde, shape=shape, predictor=predictor,
@@ -398,7 +399,7 @@ def _stages(solver: diffrax.AbstractSolver) -> tuple[int, bool]:
     return int(tableau.num_stages), bool(tableau.fsal)
 
 
-class ODESolveError(RuntimeError):
+class ODESolveError(SolverError):
     """The probability-flow ODE solve did not reach its end time (e.g. max_steps too small)."""
 
 
@@ -484,7 +485,7 @@ def _check_data(x, name: str) -> Array:
     x = jnp.asarray(x)
     _check_shape(x.shape)
     if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise ValueError(f"{name} must be a floating-point array, got dtype {x.dtype}.")
+        raise InvalidInputError(f"{name} must be a floating-point array, got dtype {x.dtype}.")
     return x
 
 

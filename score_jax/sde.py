@@ -18,6 +18,7 @@ from typing import Callable, Union
 import jax
 import jax.numpy as jnp
 import numpy as np
+from score_jax.errors import InvalidInputError
 
 Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]
@@ -33,11 +34,11 @@ def _batch_time(x: Array, t: Array) -> Array:
     """Check t against x and return it as float [B]; shapes are static, so this raises at trace time."""
     t = jnp.asarray(t)
     if x.ndim < 1:
-        raise ValueError(f"x must have a leading batch axis, got shape {x.shape}.")
+        raise InvalidInputError(f"x must have a leading batch axis, got shape {x.shape}.")
     if t.ndim == 0:
         return jnp.broadcast_to(t, x.shape[:1]).astype(jnp.result_type(float))
     if t.shape != x.shape[:1]:
-        raise ValueError(
+        raise InvalidInputError(
             f"t must have shape [batch] = {x.shape[:1]} to match x {x.shape}, got {t.shape}.")
     return t
 
@@ -48,7 +49,7 @@ def _sum_except_batch(v: Array) -> Array:
 
 def _check_positive_int(name: str, value: int) -> None:
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"N must be a positive integer number of discretisation steps, "
+        raise InvalidInputError(f"N must be a positive integer number of discretisation steps, "
                          f"got {name}={value!r}.")
 
 
@@ -77,10 +78,10 @@ class VESDE(_EulerMaruyama):
 
     def __post_init__(self):
         if not (self.sigma_min > 0 and self.sigma_max > 0):
-            raise ValueError(f"VESDE sigmas must be positive, got sigma_min={self.sigma_min}, "
+            raise InvalidInputError(f"VESDE sigmas must be positive, got sigma_min={self.sigma_min}, "
                              f"sigma_max={self.sigma_max}.")
         if not self.sigma_min < self.sigma_max:
-            raise ValueError(f"VESDE needs sigma_min < sigma_max, got sigma_min={self.sigma_min}, "
+            raise InvalidInputError(f"VESDE needs sigma_min < sigma_max, got sigma_min={self.sigma_min}, "
                              f"sigma_max={self.sigma_max}.")
         _check_positive_int("N", self.N)
 
@@ -141,14 +142,14 @@ class _VPSchedule(_EulerMaruyama):
 
     def _validate(self):
         if not (self.beta_min >= 0 and self.beta_max > 0):
-            raise ValueError(f"{type(self).__name__} betas must be non-negative with beta_max > 0, "
+            raise InvalidInputError(f"{type(self).__name__} betas must be non-negative with beta_max > 0, "
                              f"got beta_min={self.beta_min}, beta_max={self.beta_max}.")
         if not self.beta_min <= self.beta_max:
-            raise ValueError(f"{type(self).__name__} needs beta_min <= beta_max, got "
+            raise InvalidInputError(f"{type(self).__name__} needs beta_min <= beta_max, got "
                              f"beta_min={self.beta_min}, beta_max={self.beta_max}.")
         _check_positive_int("N", self.N)
         if self.beta_max / self.N >= 1:
-            raise ValueError(f"{type(self).__name__} needs beta_max / N < 1 so that the DDPM "
+            raise InvalidInputError(f"{type(self).__name__} needs beta_max / N < 1 so that the DDPM "
                              f"alphas are positive, got beta_max={self.beta_max}, N={self.N}.")
 
     @property
@@ -295,7 +296,7 @@ class ReverseSDE:
     def _score(self, x: Array, t: Array) -> Array:
         score = self.score_fn(x, t)
         if score.shape != x.shape:
-            raise ValueError(f"score_fn must return the shape of x {x.shape}, got {score.shape}.")
+            raise InvalidInputError(f"score_fn must return the shape of x {x.shape}, got {score.shape}.")
         return score
 
     def _reverse(self, f: Array, g: Array, x: Array, t: Array) -> tuple[Array, Array]:
@@ -326,7 +327,7 @@ def get_sde(name: str, *, sigma_min: float = 0.01, sigma_max: float = 50.0,
     """Build an SDE by its official config name ('vesde', 'vpsde', 'subvpsde')."""
     key = name.lower()
     if key not in SDES:
-        raise ValueError(f"training.sde: unknown SDE {name!r}; valid names are {sorted(SDES)}.")
+        raise InvalidInputError(f"training.sde: unknown SDE {name!r}; valid names are {sorted(SDES)}.")
     if key == "vesde":
         return VESDE(sigma_min=sigma_min, sigma_max=sigma_max, N=num_scales)
     return SDES[key](beta_min=beta_min, beta_max=beta_max, N=num_scales)

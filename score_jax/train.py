@@ -27,13 +27,14 @@ from score_jax import sampling, train_state
 from score_jax import sde as sde_lib
 from score_jax.models import registry
 from score_jax.models import score as score_lib
+from score_jax.errors import InvalidInputError, MissingFileError, NonFiniteError, NotWritableError
 
 SDES = {"vpsde": sde_lib.VPSDE, "subvpsde": sde_lib.SubVPSDE, "vesde": sde_lib.VESDE}
 SAMPLING_METHODS = ("pc", "ode")
 _SAMPLE_STREAM = 0x5A3B  # folded into the seed so snapshot samples never reuse a training key
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(NonFiniteError):
     """Training met a non-finite loss under nan_policy='stop'; the message names the step."""
 
 
@@ -49,7 +50,7 @@ def build_sde(config: ml_collections.ConfigDict) -> tuple[sde_lib.SDE, float]:
     """The SDE named by training.sde and its sampling eps (1e-3 VP/sub-VP, 1e-5 VE, as officially)."""
     name = str(config.training.sde).lower()
     if name not in SDES:
-        raise ValueError(f"training.sde: unknown SDE {config.training.sde!r}; valid names are "
+        raise InvalidInputError(f"training.sde: unknown SDE {config.training.sde!r}; valid names are "
                          f"{sorted(SDES)}.")
     m = config.model
     if name == "vesde":
@@ -95,7 +96,7 @@ def n_jitted_steps(config: ml_collections.ConfigDict) -> int:
     """training.n_jitted_steps, with 0 meaning the backend's default."""
     n = int(config.training.n_jitted_steps)
     if n < 0:
-        raise ValueError(f"training.n_jitted_steps: expected >= 0 (0 = by backend), got {n}.")
+        raise InvalidInputError(f"training.n_jitted_steps: expected >= 0 (0 = by backend), got {n}.")
     return n or train_state.default_n_jitted_steps(jax.default_backend())
 
 
@@ -103,7 +104,7 @@ def check_sampling_config(config: ml_collections.ConfigDict) -> str:
     """Validate sampling.method (and PC names) on the host; returns the method."""
     method = _get(config.sampling, "method", "pc")
     if method not in SAMPLING_METHODS:
-        raise ValueError(f"sampling.method: unknown method {method!r}; valid: "
+        raise InvalidInputError(f"sampling.method: unknown method {method!r}; valid: "
                          f"{list(SAMPLING_METHODS)}.")
     if method == "pc":
         sampling.get_predictor(config.sampling.predictor)
@@ -191,10 +192,10 @@ def prepare_workdir(workdir: str | os.PathLike) -> pathlib.Path:
     """Create the workdir if needed and check it is writable; never removes anything."""
     path = pathlib.Path(workdir).expanduser().absolute()
     if path.exists() and not path.is_dir():
-        raise NotADirectoryError(f"--workdir: {path} exists and is not a directory; choose another "
+        raise InvalidInputError(f"--workdir: {path} exists and is not a directory; choose another "
                                  f"path.")
     if not path.parent.is_dir():
-        raise FileNotFoundError(f"--workdir: the parent directory {path.parent} does not exist; "
+        raise MissingFileError(f"--workdir: the parent directory {path.parent} does not exist; "
                                 f"create it first or choose another workdir.")
     if jax.process_index() == 0:
         try:
@@ -203,7 +204,7 @@ def prepare_workdir(workdir: str | os.PathLike) -> pathlib.Path:
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as e:  # EACCES, EPERM, EROFS: all mean "cannot write here"
-            raise PermissionError(f"--workdir: {path} is not writable ({e.strerror}); choose a "
+            raise NotWritableError(f"--workdir: {path} is not writable ({e.strerror}); choose a "
                                   f"directory you can write to.") from None
     parallel.sync("workdir")
     return path
@@ -348,7 +349,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     parallel.local_batch_size(t.batch_size, mesh, "training.batch_size")
     for name in ("snapshot_freq", "snapshot_freq_for_preemption", "log_freq", "n_iters"):
         if int(t[name]) < 1:
-            raise ValueError(f"training.{name}: expected a positive integer, got {t[name]}.")
+            raise InvalidInputError(f"training.{name}: expected a positive integer, got {t[name]}.")
     n = n_jitted_steps(config)
     n_iters = int(t.n_iters)
     policy = _get(t, "nan_policy", "stop")

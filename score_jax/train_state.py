@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import optax
 
 from score_jax import optim
+from score_jax.errors import InvalidInputError
 
 Array = jax.Array
 LossFn = Callable[[Array, Any, Any, Array], tuple[Array, Any]]
@@ -102,7 +103,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
         the optimiser's own count, so a warm-up then lags `step` by the number of skipped steps.
     """
     if nan_policy not in NAN_POLICIES:
-        raise ValueError(f"nan_policy: unknown policy {nan_policy!r}; valid values are "
+        raise InvalidInputError(f"nan_policy: unknown policy {nan_policy!r}; valid values are "
                          f"{list(NAN_POLICIES)}.")
     optim.ema_rate(0, ema_rate)  # validates the rate on the host
     return TrainStep(loss_fn, optimizer, float(ema_rate), bool(ema_warmup), nan_policy)
@@ -116,7 +117,7 @@ def make_multi_step(step: StepFn, n_jitted_steps: int) -> Callable[[TrainState, 
     call reports finite=False, as if the runner had stopped there.
     """
     if not isinstance(n_jitted_steps, int) or n_jitted_steps < 1:
-        raise ValueError(f"training.n_jitted_steps: expected a positive integer, got "
+        raise InvalidInputError(f"training.n_jitted_steps: expected a positive integer, got "
                          f"{n_jitted_steps!r}.")
     stop = getattr(step, "nan_policy", "skip") == "stop"
 
@@ -131,7 +132,7 @@ def make_multi_step(step: StepFn, n_jitted_steps: int) -> Callable[[TrainState, 
 
     def multi_step(state: TrainState, xs: Array) -> tuple[TrainState, dict]:
         if xs.ndim < 1 or xs.shape[0] != n_jitted_steps:
-            raise ValueError(f"x: expected a leading axis of n_jitted_steps={n_jitted_steps} "
+            raise InvalidInputError(f"x: expected a leading axis of n_jitted_steps={n_jitted_steps} "
                              f"batches, got shape {xs.shape}.")
         (state, _), metrics = jax.lax.scan(body, (state, jnp.zeros([], bool)), xs)
         return state, metrics

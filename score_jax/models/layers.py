@@ -22,6 +22,7 @@ from typing import Any, Callable, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from score_jax.errors import InvalidInputError
 
 Array = jax.Array
 Dtype = Any
@@ -40,7 +41,7 @@ def get_act(name: str) -> Callable[[Array], Array]:
     """Activation function by its official config name (elu, relu, lrelu, swish; case-insensitive)."""
     act = ACTIVATIONS.get(name.lower())
     if act is None:
-        raise ValueError(f"nonlinearity: unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}.")
+        raise InvalidInputError(f"nonlinearity: unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}.")
     return act
 
 
@@ -71,7 +72,7 @@ def ddpm_conv3x3(x: Array, out_planes: int, stride: int = 1, bias: bool = True, 
 def get_timestep_embedding(timesteps: Array, embedding_dim: int, max_positions: int = 10000) -> Array:
     """Sinusoidal (transformer) embedding of timesteps [B] -> [B, embedding_dim], float32."""
     if timesteps.ndim != 1:
-        raise ValueError(f"timesteps: expected a 1-D array [B], got shape {timesteps.shape}.")
+        raise InvalidInputError(f"timesteps: expected a 1-D array [B], got shape {timesteps.shape}.")
     half_dim = embedding_dim // 2
     emb = math.log(max_positions) / (half_dim - 1)
     emb = jnp.exp(jnp.arange(half_dim, dtype=jnp.float32) * -emb)

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 from score_jax.models import up_or_down_sampling as updown
 from score_jax.models.layers import NIN, ddpm_conv1x1, ddpm_conv3x3, default_init, nearest_upsample_2x, spatial_attention
+from score_jax.errors import InvalidInputError
 
 Array = jax.Array
 Dtype = Any
@@ -64,7 +65,7 @@ class Combine(nn.Module):
     @nn.compact
     def __call__(self, x: Array, y: Array) -> Array:
         if self.method not in COMBINE_METHODS:
-            raise ValueError(f"progressive_combine: got {self.method!r}, expected one of {COMBINE_METHODS}.")
+            raise InvalidInputError(f"progressive_combine: got {self.method!r}, expected one of {COMBINE_METHODS}.")
         h = ddpm_conv1x1(x, y.shape[-1], dtype=self.dtype)
         if self.method == "cat":
             return jnp.concatenate([h, y], axis=-1)

@@ -22,6 +22,7 @@ from typing import Any, Callable, Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from score_jax.errors import InvalidInputError
 
 Array = jax.Array
 Activation = Callable[[Array], Array]
@@ -81,7 +82,7 @@ def interpolation_method(interpolation: str) -> str:
       ValueError: unknown name.
     """
     if interpolation not in INTERPOLATIONS:
-        raise ValueError(f"interpolation: unknown mode {interpolation!r}; expected one of "
+        raise InvalidInputError(f"interpolation: unknown mode {interpolation!r}; expected one of "
                          f"{sorted(INTERPOLATIONS)}.")
     return INTERPOLATIONS[interpolation]
 
@@ -296,7 +297,7 @@ def _residual(x: Array, y: Optional[Array], *, output_dim: int, normalizer: Norm
     (shortcut before or after the main convs) follows the official code branch by branch.
     """
     if resample not in RESAMPLES:
-        raise ValueError(f"resample: expected one of {list(RESAMPLES)}, got {resample!r}.")
+        raise InvalidInputError(f"resample: expected one of {list(RESAMPLES)}, got {resample!r}.")
     h = act(_norm(normalizer, x, y))
     if resample == "down":
         h = ncsn_conv3x3(h, h.shape[-1], dilation=dilation)
@@ -372,7 +373,7 @@ def divide_by_sigma(h: Array, labels: Array, sigmas: Array) -> Array:
       ValueError: labels are not integers (e.g. continuous-time sigmas or times).
     """
     if not jnp.issubdtype(labels.dtype, jnp.integer):
-        raise ValueError(f"labels: scale_by_sigma needs integer noise-level indices [B] into the "
+        raise InvalidInputError(f"labels: scale_by_sigma needs integer noise-level indices [B] into the "
                          f"descending sigma table, got dtype {labels.dtype}; use the discrete SMLD "
                          f"labels or set scale_by_sigma=False.")
     used = sigmas[labels].reshape((h.shape[0],) + (1,) * (h.ndim - 1))

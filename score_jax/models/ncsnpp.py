@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from score_jax.models import layers, layerspp
+from score_jax.errors import InvalidInputError
 
 Array = jax.Array
 Dtype = Any
@@ -42,7 +43,7 @@ EMBEDDING_TYPES = ("fourier", "positional")
 def _check_choice(field: str, value: str, valid: Sequence[str]) -> None:
     """Raise ValueError naming `field` unless value (case-insensitive) is one of `valid`."""
     if not isinstance(value, str) or value.lower() not in valid:
-        raise ValueError(f"{field}: got {value!r}, expected one of {tuple(valid)}.")
+        raise InvalidInputError(f"{field}: got {value!r}, expected one of {tuple(valid)}.")
 
 
 def smld_sigmas(sigma_max: float, sigma_min: float, num_scales: int) -> Array:
@@ -89,7 +90,7 @@ class NCSNpp(nn.Module):
         _check_choice("embedding_type", self.embedding_type, EMBEDDING_TYPES)
         layers.get_act(self.nonlinearity)  # raises ValueError naming `nonlinearity`
         if not self.ch_mult:
-            raise ValueError(f"ch_mult: expected at least one resolution level, got {self.ch_mult!r}.")
+            raise InvalidInputError(f"ch_mult: expected at least one resolution level, got {self.ch_mult!r}.")
         super().__post_init__()
 
     # ---- helpers (called inside the compact __call__, so their submodules live in its scope) ----

@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from score_jax.errors import InvalidInputError
 
 Array = jax.Array
 NormFactory = Callable[[], nn.Module]  # zero-argument module factory: norm()(x) or norm()(x, labels)
@@ -161,14 +162,14 @@ def get_normalization(normalization: str, conditional: bool = False,
     """
     if conditional:
         if normalization not in CONDITIONAL_NORMALIZATIONS:
-            raise ValueError(f"normalization: no conditional layer for {normalization!r}; expected one of "
+            raise InvalidInputError(f"normalization: no conditional layer for {normalization!r}; expected one of "
                              f"{list(CONDITIONAL_NORMALIZATIONS)}.")
         if num_classes is None or num_classes < 1:
-            raise ValueError(f"num_classes: a conditional normalisation needs a positive number of noise "
+            raise InvalidInputError(f"num_classes: a conditional normalisation needs a positive number of noise "
                              f"levels, got {num_classes!r}.")
         return functools.partial(ConditionalInstanceNorm2dPlus, num_classes=num_classes)
     factory = NORMALIZATIONS.get(normalization)
     if factory is None:
-        raise ValueError(f"normalization: unknown layer {normalization!r}; expected one of "
+        raise InvalidInputError(f"normalization: unknown layer {normalization!r}; expected one of "
                          f"{sorted(NORMALIZATIONS)}.")
     return factory

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from score_jax.models.ddpm import DDPM
 from score_jax.models.ncsnpp import NCSNpp
 from score_jax.models.ncsnv2 import NCSN, NCSNv2, NCSNv2_128, NCSNv2_256
+from score_jax.errors import InvalidInputError
 
 MODELS: dict[str, type[nn.Module]] = {
     "ncsnpp": NCSNpp,
@@ -47,7 +48,7 @@ def _as_field_value(name: str, value: Any) -> Any:
         try:
             return jnp.dtype(value)
         except TypeError as err:
-            raise ValueError(f"config.model.dtype: unknown dtype {value!r}; expected e.g. 'float32' or 'bfloat16'.") from err
+            raise InvalidInputError(f"config.model.dtype: unknown dtype {value!r}; expected e.g. 'float32' or 'bfloat16'.") from err
     return tuple(value) if isinstance(value, list) else value
 
 
@@ -72,7 +73,7 @@ def get_model(config: Any, **overrides: Any) -> nn.Module:
     """
     name = _section(config, "model").get("name")
     if name not in MODELS:
-        raise ValueError(f"config.model.name: unknown model {name!r}; expected one of {sorted(MODELS)}.")
+        raise InvalidInputError(f"config.model.name: unknown model {name!r}; expected one of {sorted(MODELS)}.")
     model_cls = MODELS[name]
     return model_cls(**{**model_kwargs(model_cls, config), **overrides})
 

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from score_jax import sde as sde_lib
+from score_jax.errors import InvalidInputError
 
 Array = jax.Array
 ApplyFn = Callable[..., Any]
@@ -34,7 +35,7 @@ def time_to_labels(sde: sde_lib.SDE, t: Array, *, continuous: bool) -> Array:
         if continuous:
             return sde.sigma(t)
         return jnp.round((sde.T - t) * (sde.N - 1)).astype(jnp.int32)
-    raise ValueError(f"sde: expected VESDE, VPSDE or SubVPSDE, got {type(sde).__name__}.")
+    raise InvalidInputError(f"sde: expected VESDE, VPSDE or SubVPSDE, got {type(sde).__name__}.")
 
 
 def output_to_score(sde: sde_lib.SDE, output: Array, t: Array, *, continuous: bool) -> Array:
@@ -47,7 +48,7 @@ def output_to_score(sde: sde_lib.SDE, output: Array, t: Array, *, continuous: bo
         return -output / sde_lib.batch_broadcast(std, output)
     if isinstance(sde, sde_lib.VESDE):
         return output
-    raise ValueError(f"sde: expected VESDE, VPSDE or SubVPSDE, got {type(sde).__name__}.")
+    raise InvalidInputError(f"sde: expected VESDE, VPSDE or SubVPSDE, got {type(sde).__name__}.")
 
 
 def apply_model(apply_fn: ApplyFn, params: Any, model_state: Any, x: Array, labels: Array, *,

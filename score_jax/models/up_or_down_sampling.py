@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from score_jax.models.layers import default_init
+from score_jax.errors import InvalidInputError
 
 Array = jax.Array
 Dtype = Any
@@ -33,7 +34,7 @@ def setup_kernel(k: Sequence[float] | np.ndarray) -> np.ndarray:
     if k.ndim == 1:
         k = np.outer(k, k)
     if k.ndim != 2 or k.shape[0] != k.shape[1]:
-        raise ValueError(f"fir_kernel: expected a 1-D or square 2-D filter, got shape {k.shape}.")
+        raise InvalidInputError(f"fir_kernel: expected a 1-D or square 2-D filter, got shape {k.shape}.")
     return k / np.sum(k)
 
 
@@ -44,7 +45,7 @@ def upfirdn_2d(x: Array, k: np.ndarray, up: int = 1, down: int = 1, pad0: int = 
     negative pad crops. The same convention as StyleGAN2's `upfirdn_2d`.
     """
     if up < 1 or down < 1:
-        raise ValueError(f"up/down: expected integer factors >= 1, got up={up}, down={down}.")
+        raise InvalidInputError(f"up/down: expected integer factors >= 1, got up={up}, down={down}.")
     channels = x.shape[-1]
     # True convolution = correlation with the flipped filter; one depthwise filter per channel.
     w = jnp.asarray(k[::-1, ::-1], dtype=x.dtype)
@@ -75,7 +76,7 @@ def upsample_conv_2d(x: Array, w: Array, k: Optional[Sequence[float]] = None, fa
     """Fused FIR upsampling and convolution: x [B,H,W,C], w [n,n,C,O] -> [B,factor H,factor W,O]."""
     conv = w.shape[0]
     if w.ndim != 4 or w.shape[1] != conv:
-        raise ValueError(f"w: expected a square HWIO kernel, got shape {w.shape}.")
+        raise InvalidInputError(f"w: expected a square HWIO kernel, got shape {w.shape}.")
     k = setup_kernel([1] * factor if k is None else k) * (gain * factor ** 2)
     p = (k.shape[0] - factor) - (conv - 1)
     # StyleGAN2's stride-`factor` transposed convolution with its kernel pre-flipped and transposed
@@ -93,7 +94,7 @@ def conv_downsample_2d(x: Array, w: Array, k: Optional[Sequence[float]] = None, 
     """Fused FIR downsampling and convolution: x [B,H,W,C], w [n,n,C,O] -> [B,H/factor,W/factor,O]."""
     conv = w.shape[0]
     if w.ndim != 4 or w.shape[1] != conv:
-        raise ValueError(f"w: expected a square HWIO kernel, got shape {w.shape}.")
+        raise InvalidInputError(f"w: expected a square HWIO kernel, got shape {w.shape}.")
     k = setup_kernel([1] * factor if k is None else k) * gain
     p = (k.shape[0] - factor) + (conv - 1)
     x = upfirdn_2d(x, k, pad0=(p + 1) // 2, pad1=p // 2)
@@ -129,9 +130,9 @@ class Conv2d(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         if self.up and self.down:
-            raise ValueError("Conv2d: up and down are exclusive; set at most one of them.")
+            raise InvalidInputError("Conv2d: up and down are exclusive; set at most one of them.")
         if self.kernel < 1 or self.kernel % 2 != 1:
-            raise ValueError(f"kernel: expected an odd size >= 1, got {self.kernel}.")
+            raise InvalidInputError(f"kernel: expected an odd size >= 1, got {self.kernel}.")
         kernel_init = self.kernel_init if self.kernel_init is not None else default_init()
         w = self.param(self.weight_var, kernel_init, (self.kernel, self.kernel, x.shape[-1], self.fmaps))
         dtype = self.dtype or jnp.result_type(x, w)
