@@ -61,8 +61,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from score_jax import ode_stepper
+from score_jax import checks
 from score_jax import sde as sde_lib
-from score_jax.ode_stepper import SolverError
+from score_jax.errors import SolverError
 from score_jax.errors import InvalidInputError
 
 Array = jax.Array
@@ -230,20 +231,13 @@ def _draw_noise(key: Array, x: Array, hutchinson: str) -> Optional[Array]:
 
 
 def _validate(sde, score_fn, x, hutchinson, rtol, atol, eps) -> None:
-    if hutchinson not in HUTCHINSON:
-        raise InvalidInputError(f"hutchinson: unknown divergence estimator {hutchinson!r}; valid names "
-                         f"are {list(HUTCHINSON)}.")
-    if not 0.0 < eps < sde.T:
-        raise InvalidInputError(f"eps must lie in (0, T) = (0, {sde.T}), got eps={eps}.")
-    if not (rtol > 0 and atol > 0):
-        raise InvalidInputError(f"rtol and atol must be positive, got rtol={rtol}, atol={atol}.")
-    if x.ndim < 2 or not jnp.issubdtype(x.dtype, jnp.floating):
-        raise InvalidInputError(f"x must be floating data [batch, ...] (dequantised and scaled), got "
-                         f"shape {x.shape} dtype {x.dtype}.")
-    out = jax.eval_shape(score_fn, x, jnp.zeros(x.shape[:1], x.dtype))
-    if getattr(out, "shape", None) != x.shape:
-        raise InvalidInputError(f"score_fn(x, t) must return the shape of x {x.shape}, got "
-                         f"{getattr(out, 'shape', type(out))}.")
+    checks.check_sde(sde)
+    checks.lookup("hutchinson", hutchinson, dict.fromkeys(HUTCHINSON))
+    checks.check_eps(sde, eps)
+    checks.check_positive("rtol", rtol)
+    checks.check_positive("atol", atol)
+    x = checks.check_data(x)
+    checks.check_score_fn(score_fn, x.shape, x.dtype)
 
 
 def log_likelihood(key: Array, sde: sde_lib.SDE, score_fn: ScoreFn, x: Array, *,

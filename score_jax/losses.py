@@ -22,6 +22,7 @@ from typing import Any, Callable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
+from score_jax import checks
 from score_jax import sde as sde_lib
 from score_jax.models import score as mscore
 from score_jax.errors import InvalidInputError
@@ -149,8 +150,7 @@ def _default_loss(sde: sde_lib.SDE, continuous: bool) -> str:
 
 
 def _validate(sde: sde_lib.SDE, name: str, likelihood_weighting: bool, eps: float) -> None:
-    if not isinstance(sde, (sde_lib.VESDE, sde_lib.VPSDE, sde_lib.SubVPSDE)):
-        raise InvalidInputError(f"sde: expected VESDE, VPSDE or SubVPSDE, got {type(sde).__name__}.")
+    checks.check_sde(sde)
     if name not in LOSSES:
         raise InvalidInputError(f"loss: unknown loss {name!r}; valid names are {list(LOSSES)}.")
     if name == "smld" and not isinstance(sde, sde_lib.VESDE):
@@ -162,8 +162,7 @@ def _validate(sde: sde_lib.SDE, name: str, likelihood_weighting: bool, eps: floa
         raise InvalidInputError(f"training.likelihood_weighting: likelihood weighting is defined for the "
                          f"continuous DSM loss only, got likelihood_weighting=True with the discrete "
                          f"{name!r} loss; set training.continuous=True or likelihood_weighting=False.")
-    if not 0.0 < eps < sde.T:
-        raise InvalidInputError(f"eps: the smallest training time must lie in (0, T={sde.T}), got eps={eps}.")
+    checks.check_eps(sde, eps)
 
 
 def get_loss_fn(sde: sde_lib.SDE, apply_fn: ApplyFn, *, train: bool, reduce_mean: bool = False,

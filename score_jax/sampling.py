@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from score_jax import checks
 from score_jax import sde as sde_lib
 from score_jax.sde import batch_broadcast
 from score_jax.errors import InvalidInputError, SolverError
@@ -72,11 +73,6 @@ def reverse_diffusion(key: Array, sde: sde_lib.SDE, score_fn: ScoreFn, x: Array,
     return x_mean + batch_broadcast(G, x) * noise, x_mean
 
 
-def _timestep(sde: sde_lib.SDE, t: Array) -> Array:
-    """Floor index of t on the N-point grid, as the official ancestral sampler computes it."""
-    return jnp.clip((t * (sde.N - 1) / sde.T).astype(jnp.int32), 0, sde.N - 1)
-
-
 def ancestral_sampling(key: Array, sde: sde_lib.SDE, score_fn: ScoreFn, x: Array, t: Array, *,
                        probability_flow: bool = False, snr: float = 0.0,
                        n_steps: int = 1) -> tuple[Array, Array]:
@@ -89,7 +85,7 @@ def ancestral_sampling(key: Array, sde: sde_lib.SDE, score_fn: ScoreFn, x: Array
     """
     del snr, n_steps
     _check_ancestral(sde, probability_flow)
-    timestep = _timestep(sde, t)
+    timestep = sde_lib.timestep_index(sde, t)
     score = score_fn(x, t)
     noise = jax.random.normal(key, x.shape, x.dtype)
     if isinstance(sde, sde_lib.VESDE):
@@ -198,73 +194,24 @@ _CORRECTOR_NFE = {"langevin": 1, "ald": 1, "none": 0}
 
 def get_predictor(name: str) -> Callable[..., tuple[Array, Array]]:
     """The predictor called `name` (official names; case-insensitive)."""
-    return PREDICTORS[_lookup("predictor", name, PREDICTORS)]
+    return PREDICTORS[checks.lookup("predictor", name, PREDICTORS)]
 
 
 def get_corrector(name: str) -> Callable[..., tuple[Array, Array]]:
     """The corrector called `name` (official names; case-insensitive)."""
-    return CORRECTORS[_lookup("corrector", name, CORRECTORS)]
-
-
-def _lookup(arg: str, name: str, table: dict) -> str:
-    key = name.lower() if isinstance(name, str) else name
-    if key not in table:
-        raise InvalidInputError(f"{arg}={name!r} is unknown; valid names are {sorted(table)}.")
-    return key
+    return CORRECTORS[checks.lookup("corrector", name, CORRECTORS)]
 
 
 def pc_nfe(sde: sde_lib.SDE, predictor: str, corrector: str, n_steps: int) -> int:
     """Score evaluations made by pc_sample: N * (predictor evals + n_steps * corrector evals)."""
-    p = _PREDICTOR_NFE[_lookup("predictor", predictor, PREDICTORS)]
-    c = _CORRECTOR_NFE[_lookup("corrector", corrector, CORRECTORS)]
+    p = _PREDICTOR_NFE[checks.lookup("predictor", predictor, PREDICTORS)]
+    c = _CORRECTOR_NFE[checks.lookup("corrector", corrector, CORRECTORS)]
     return sde.N * (p + c * n_steps)
 
 
 # --------------------------------------------------------------------------------------------
 # Validation (host side, before anything is compiled)
 # --------------------------------------------------------------------------------------------
-
-def _check_sde(sde) -> None:
-    if not isinstance(sde, (sde_lib.VESDE, sde_lib.VPSDE, sde_lib.SubVPSDE)):
-        raise InvalidInputError(f"sde: expected a VESDE, VPSDE or SubVPSDE, got {type(sde).__name__}.")
-
-
-def _check_shape(shape) -> tuple[int, ...]:
-    try:
-        shape = tuple(int(s) for s in shape)
-    except TypeError:
-        raise InvalidInputError(f"shape must be a tuple of ints [batch, *data_shape], got {shape!r}.") from None
-    if len(shape) < 2 or min(shape) < 1:
-        raise InvalidInputError(f"shape must be [batch, *data_shape] with positive sizes and at least 2 "
-                         f"axes (use (batch, 1) for scalar data), got {shape}.")
-    return shape
-
-
-def _check_eps(sde: sde_lib.SDE, eps: float) -> float:
-    if not (isinstance(eps, (int, float, np.floating)) and 0.0 < eps < sde.T):
-        raise InvalidInputError(f"eps must be a float in (0, T={sde.T}), the time at which sampling stops, "
-                         f"got eps={eps!r}.")
-    return float(eps)
-
-
-def _check_positive(name: str, value, integer: bool = False) -> None:
-    ok_type = (int, np.integer) if integer else (int, float, np.integer, np.floating)
-    if isinstance(value, bool) or not isinstance(value, ok_type) or not value > 0:
-        kind = "a positive integer" if integer else "a positive number"
-        raise InvalidInputError(f"{name} must be {kind}, got {name}={value!r}.")
-
-
-def _check_score_fn(score_fn: ScoreFn, shape: tuple[int, ...], dtype) -> None:
-    """Trace score_fn abstractly (no FLOPs) and check that it returns the shape of x."""
-    if not callable(score_fn):
-        raise InvalidInputError(f"score_fn must be a callable score_fn(x, t), got {type(score_fn).__name__}.")
-    out = jax.eval_shape(score_fn, jax.ShapeDtypeStruct(shape, dtype),
-                         jax.ShapeDtypeStruct(shape[:1], dtype))
-    if not hasattr(out, "shape") or tuple(out.shape) != shape:
-        got = getattr(out, "shape", type(out).__name__)
-        raise InvalidInputError(f"score_fn(x, t) must return an array of the shape of x {shape} "
-                         f"(t has shape {shape[:1]}), got {got}.")
-
 
 def _as_pytree(fn: Optional[Callable]) -> Optional[jax.tree_util.Partial]:
     """Wrap a callable as a pytree so jit takes it as an argument (its arrays stay leaves)."""
@@ -342,13 +289,13 @@ def pc_sample(key: Array, sde: sde_lib.SDE, score_fn: ScoreFn, shape: tuple[int,
         n_steps, x_init of another shape, a score_fn whose output is not of the shape of x, or
         ancestral sampling with sub-VP or probability_flow.
     """
-    _check_sde(sde)
-    predictor = _lookup("predictor", predictor, PREDICTORS)
-    corrector = _lookup("corrector", corrector, CORRECTORS)
-    shape = _check_shape(shape)
-    eps = _check_eps(sde, eps)
-    _check_positive("snr", snr)
-    _check_positive("n_steps", n_steps, integer=True)
+    checks.check_sde(sde)
+    predictor = checks.lookup("predictor", predictor, PREDICTORS)
+    corrector = checks.lookup("corrector", corrector, CORRECTORS)
+    shape = checks.check_shape(shape)
+    eps = checks.check_eps(sde, eps)
+    checks.check_positive("snr", snr)
+    checks.check_positive("n_steps", n_steps, integer=True)
     if predictor == "ancestral_sampling":
         _check_ancestral(sde, probability_flow)
     dtype = jnp.result_type(float)
@@ -357,7 +304,7 @@ def pc_sample(key: Array, sde: sde_lib.SDE, score_fn: ScoreFn, shape: tuple[int,
         if x_init.shape != shape:
             raise InvalidInputError(f"x_init must have shape {shape}, got {x_init.shape}.")
         dtype = x_init.dtype
-    _check_score_fn(score_fn, shape, dtype)
+    checks.check_score_fn(score_fn, shape, dtype)
     if project is not None and not callable(project):
         raise InvalidInputError(f"project must be callable project(key, x, x_mean, t) or None, "
                          f"got {type(project).__name__}.")
@@ -461,13 +408,13 @@ def _ode_program(key, score_fn, x, *, sde, shape, t_start, t_end, denoise, solve
 def _run_flow(key, sde, score_fn, x, shape, *, t_start, t_end, denoise, solver, rtol, atol,
               max_steps) -> tuple[Array, int]:
     """Validate, run _ode_program, check the solver status on the host; -> (x, nfe)."""
-    _check_sde(sde)
-    solver = _lookup("solver", solver, SOLVERS)
-    _check_positive("rtol", rtol)
-    _check_positive("atol", atol)
-    _check_positive("max_steps", max_steps, integer=True)
+    checks.check_sde(sde)
+    solver = checks.lookup("solver", solver, SOLVERS)
+    checks.check_positive("rtol", rtol)
+    checks.check_positive("atol", atol)
+    checks.check_positive("max_steps", max_steps, integer=True)
     dtype = jnp.result_type(float) if x is None else x.dtype
-    _check_score_fn(score_fn, shape, dtype)
+    checks.check_score_fn(score_fn, shape, dtype)
     out, num_steps, result = _ode_program(
         key, _as_pytree(score_fn), x, sde=sde, shape=shape, t_start=float(t_start),
         t_end=float(t_end), denoise=bool(denoise), solver=solver, rtol=float(rtol),
@@ -479,14 +426,6 @@ def _run_flow(key, sde, score_fn, x, shape, *, t_start, t_end, denoise, solver, 
             f"after {num_steps} steps (max_steps={max_steps}): {diffrax.RESULTS[result]} Increase "
             f"max_steps or loosen rtol={rtol}/atol={atol}; a diverging score_fn also causes this.")
     return out, _flow_nfe(solver, num_steps) + (1 if denoise else 0)
-
-
-def _check_data(x, name: str) -> Array:
-    x = jnp.asarray(x)
-    _check_shape(x.shape)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise InvalidInputError(f"{name} must be a floating-point array, got dtype {x.dtype}.")
-    return x
 
 
 def ode_sample(key: Array, sde: sde_lib.SDE, score_fn: ScoreFn, shape: tuple[int, ...], *,
@@ -517,9 +456,9 @@ def ode_sample(key: Array, sde: sde_lib.SDE, score_fn: ScoreFn, shape: tuple[int
       ValueError: for bad arguments (see pc_sample), an unknown solver or non-positive tolerances.
       ODESolveError: if the solve stops early (max_steps reached or a non-finite step).
     """
-    _check_sde(sde)
-    shape = _check_shape(shape)
-    eps = _check_eps(sde, eps)
+    checks.check_sde(sde)
+    shape = checks.check_shape(shape)
+    eps = checks.check_eps(sde, eps)
     return _run_flow(key, sde, score_fn, None, shape, t_start=sde.T, t_end=eps, denoise=denoise,
                      solver=solver, rtol=rtol, atol=atol, max_steps=max_steps)
 
@@ -531,9 +470,9 @@ def ode_encode(sde: sde_lib.SDE, score_fn: ScoreFn, x: Array, *, rtol: float = 1
 
     Deterministic (no key). nfe as in ode_sample, without denoising.
     """
-    _check_sde(sde)
-    x = _check_data(x, "x")
-    eps = _check_eps(sde, eps)
+    checks.check_sde(sde)
+    x = checks.check_data(x, "x")
+    eps = checks.check_eps(sde, eps)
     return _run_flow(jax.random.PRNGKey(0), sde, score_fn, x, x.shape, t_start=eps, t_end=sde.T,
                      denoise=False, solver=solver, rtol=rtol, atol=atol, max_steps=max_steps)
 
@@ -545,8 +484,8 @@ def ode_decode(sde: sde_lib.SDE, score_fn: ScoreFn, z: Array, *, rtol: float = 1
 
     The inverse of ode_encode (no denoising step, so decode(encode(x)) == x up to the tolerances).
     """
-    _check_sde(sde)
-    z = _check_data(z, "z")
-    eps = _check_eps(sde, eps)
+    checks.check_sde(sde)
+    z = checks.check_data(z, "z")
+    eps = checks.check_eps(sde, eps)
     return _run_flow(jax.random.PRNGKey(0), sde, score_fn, z, z.shape, t_start=sde.T, t_end=eps,
                      denoise=False, solver=solver, rtol=rtol, atol=atol, max_steps=max_steps)

@@ -53,8 +53,8 @@ def _check_positive_int(name: str, value: int) -> None:
                          f"got {name}={value!r}.")
 
 
-def _timestep(sde, t: Array) -> Array:
-    """Floor index of t on the N-point grid of [0, T], as the official discretisations use."""
+def timestep_index(sde: "SDE", t: Array) -> Array:
+    """Floor index [B] int32 of times t [B] on the N-point grid of [0, T] (official discretisations)."""
     return jnp.clip((t * (sde.N - 1) / sde.T).astype(jnp.int32), 0, sde.N - 1)
 
 
@@ -122,7 +122,7 @@ class VESDE(_EulerMaruyama):
     def discretize(self, x: Array, t: Array) -> tuple[Array, Array]:
         """SMLD discretisation x_{i+1} = x_i + sqrt(sigma_{i+1}^2 - sigma_i^2) z: (f [B, ...], G [B])."""
         t = _batch_time(x, t)
-        timestep = _timestep(self, t)
+        timestep = timestep_index(self, t)
         sigmas = self.discrete_sigmas
         sigma = sigmas[timestep]
         adjacent = jnp.where(timestep == 0, jnp.zeros_like(t), sigmas[jnp.maximum(timestep - 1, 0)])
@@ -202,7 +202,7 @@ class _VPSchedule(_EulerMaruyama):
         sub-VP shares VP's beta schedule, so it gets the same alphas (the official code reads
         `sde.alphas`, which its sub-VP lacks, and crashes).
         """
-        return self.alphas[_timestep(self, jnp.asarray(t))]
+        return self.alphas[timestep_index(self, jnp.asarray(t))]
 
     def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> "ReverseSDE":
         """The reverse-time SDE (or probability-flow ODE) driven by score_fn(x, t)."""
@@ -236,7 +236,7 @@ class VPSDE(_VPSchedule):
     def discretize(self, x: Array, t: Array) -> tuple[Array, Array]:
         """DDPM discretisation x_{i+1} = sqrt(1 - beta_i) x_i + sqrt(beta_i) z: (f [B, ...], G [B])."""
         t = _batch_time(x, t)
-        timestep = _timestep(self, t)
+        timestep = timestep_index(self, t)
         beta = self.discrete_betas[timestep]
         alpha = self.alphas[timestep]
         f = batch_broadcast(jnp.sqrt(alpha), x) * x - x

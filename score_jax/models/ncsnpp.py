@@ -28,7 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from score_jax.models import layers, layerspp
+from score_jax.models import layers, layerspp, ncsn_layers
 from score_jax.errors import InvalidInputError
 
 Array = jax.Array
@@ -44,11 +44,6 @@ def _check_choice(field: str, value: str, valid: Sequence[str]) -> None:
     """Raise ValueError naming `field` unless value (case-insensitive) is one of `valid`."""
     if not isinstance(value, str) or value.lower() not in valid:
         raise InvalidInputError(f"{field}: got {value!r}, expected one of {tuple(valid)}.")
-
-
-def smld_sigmas(sigma_max: float, sigma_min: float, num_scales: int) -> Array:
-    """Descending geometric SMLD noise levels [num_scales], from sigma_max to sigma_min (official get_sigmas)."""
-    return jnp.exp(jnp.linspace(jnp.log(sigma_max), jnp.log(sigma_min), num_scales))
 
 
 class NCSNpp(nn.Module):
@@ -102,7 +97,7 @@ class NCSNpp(nn.Module):
             temb = layerspp.GaussianFourierProjection(embedding_size=self.nf, scale=self.fourier_scale)(
                 jnp.log(used_sigmas))
         else:
-            sigmas = smld_sigmas(self.sigma_max, self.sigma_min, self.num_scales)
+            sigmas = ncsn_layers.get_sigmas(self.sigma_min, self.sigma_max, self.num_scales)
             used_sigmas = sigmas[labels.astype(jnp.int32)]
             temb = layers.get_timestep_embedding(labels, self.nf)
         if not self.conditional:

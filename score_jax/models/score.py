@@ -44,7 +44,7 @@ def output_to_score(sde: sde_lib.SDE, output: Array, t: Array, *, continuous: bo
         if continuous or isinstance(sde, sde_lib.SubVPSDE):
             std = sde.marginal_prob(jnp.zeros_like(output), t)[1]
         else:
-            std = sde.sqrt_1m_alphas_cumprod[(t * (sde.N - 1)).astype(jnp.int32)]
+            std = sde.sqrt_1m_alphas_cumprod[sde_lib.timestep_index(sde, t)]
         return -output / sde_lib.batch_broadcast(std, output)
     if isinstance(sde, sde_lib.VESDE):
         return output
