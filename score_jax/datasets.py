@@ -149,7 +149,7 @@ def _preprocess_tfrecord(image: np.ndarray, size: int) -> np.ndarray:
     """FFHQ / CelebA-HQ: stored at the training resolution; only scaled to [0, 1] (as official)."""
     if image.shape[0] != size or image.shape[1] != size:
         raise InvalidInputError(f"image_size is {size} but the TFRecords hold {image.shape[:2]} images; "
-                         f"use the TFRecords file made for resolution {size}.")
+                                f"use the TFRecords file made for resolution {size}.")
     return _to_float(image)
 
 
@@ -213,7 +213,7 @@ def _tfds_source(tfds_name: str, split: str, data_dir: str | os.PathLike | None,
         categories = sorted(tfds.builder_cls("lsun").builder_configs)
         if tfds_name[5:] not in categories:
             raise InvalidInputError(f"unknown LSUN category {tfds_name[5:]!r} in data set name "
-                             f"'{tfds_name}'; valid categories: {', '.join(categories)}.")
+                                    f"'{tfds_name}'; valid categories: {', '.join(categories)}.")
     builder = tfds.builder(tfds_name, data_dir=data_dir)
     if not builder.is_prepared():
         if not download:
@@ -283,7 +283,7 @@ def record_offsets(path: str) -> list[tuple[int, int]]:
             offset += 12 + length + 4  # payload and its 4-byte CRC
     if offset != size:
         raise InvalidInputError(f"{path!r} is not a complete TFRecord file (size {size}, parsed "
-                         f"{offset}).")
+                                f"{offset}).")
     return out
 
 
@@ -308,7 +308,7 @@ def open_source(name: str, split: str = "train", data_dir: str | os.PathLike | N
     if name in ("ffhq", "celebahq"):
         if not tfrecords_path:
             raise InvalidInputError(f"data set {name!r} needs tfrecords_path (the official TFRecords "
-                             f"file), got {tfrecords_path!r}.")
+                                    f"file), got {tfrecords_path!r}.")
         return _TFRecordSource(os.fspath(tfrecords_path))
     if name == "digits":
         from score_jax import digits
@@ -479,7 +479,7 @@ class TrainIterator:
         for field in ("seed", "dataset", "num_examples", "global_batch_size"):
             if state.get(field) != mine[field]:
                 raise InvalidInputError(f"iterator state field {field!r} is {state.get(field)!r} but this "
-                                 f"iterator has {mine[field]!r}; resume with the same settings.")
+                                        f"iterator has {mine[field]!r}; resume with the same settings.")
         step = state.get("step")
         if not isinstance(step, int) or step < 0:
             raise InvalidInputError(f"iterator state field 'step' must be an int >= 0, got {step!r}.")
@@ -507,7 +507,7 @@ def _process(process_index: int | None, process_count: int | None,
         raise InvalidInputError(f"process_index must be in [0, {process_count}), got {process_index}.")
     if global_batch_size <= 0 or global_batch_size % process_count:
         raise InvalidInputError(f"global_batch_size must be a positive multiple of process_count="
-                         f"{process_count}, got {global_batch_size}.")
+                                f"{process_count}, got {global_batch_size}.")
     return process_index, process_count
 
 
@@ -569,6 +569,6 @@ def from_official_name(dataset: str, category: str | None = None) -> str:
     """Official config.data.dataset (+ LSUN category) -> our name: ('LSUN', 'tower') -> 'lsun/tower'."""
     if dataset not in OFFICIAL_NAMES:
         raise InvalidInputError(f"unknown official data set {dataset!r}; valid: "
-                         f"{', '.join(OFFICIAL_NAMES)}.")
+                                f"{', '.join(OFFICIAL_NAMES)}.")
     name = OFFICIAL_NAMES[dataset]
     return f"{name}/{category}" if name == "lsun" else name

@@ -316,7 +316,7 @@ def bpd(key: Array, sde: sde_lib.SDE, score_fn: ScoreFn, x: Array, *, centered: 
         slope = 0.5 if centered else 1.0
     elif centered:
         raise InvalidInputError(f"give either centered=True or inverse_scaler_slope="
-                         f"{inverse_scaler_slope}, not both.")
+                                f"{inverse_scaler_slope}, not both.")
     elif not inverse_scaler_slope > 0:
         raise InvalidInputError(f"inverse_scaler_slope must be positive, got {inverse_scaler_slope}.")
     else:

@@ -42,13 +42,13 @@ def _check_batch(x: Array, data_shape: Optional[tuple[int, ...]]) -> None:
     """Raise at trace time (shapes are static) when x is not a float batch of the model's data shape."""
     if x.ndim < 2:
         raise InvalidInputError(f"x: expected a batch [B, *data_shape] with at least 2 axes, got shape "
-                         f"{x.shape}; add a leading batch axis.")
+                                f"{x.shape}; add a leading batch axis.")
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise InvalidInputError(f"x: expected floating-point data (scaled by the data scaler), got dtype "
-                         f"{x.dtype}.")
+                                f"{x.dtype}.")
     if data_shape is not None and tuple(x.shape[1:]) != tuple(data_shape):
         raise InvalidInputError(f"x: batch of shape {x.shape} does not match the model's data shape "
-                         f"[B, *{tuple(data_shape)}]; check data.image_size / data.num_channels.")
+                                f"[B, *{tuple(data_shape)}]; check data.image_size / data.num_channels.")
 
 
 def get_sde_loss_fn(sde: sde_lib.SDE, apply_fn: ApplyFn, *, train: bool, reduce_mean: bool = True,
@@ -145,8 +145,8 @@ def _default_loss(sde: sde_lib.SDE, continuous: bool) -> str:
     if isinstance(sde, sde_lib.VPSDE):
         return "ddpm"
     raise InvalidInputError(f"training.continuous: discrete training is defined for VESDE (SMLD) and VPSDE "
-                     f"(DDPM) only, got continuous=False with {type(sde).__name__}; set "
-                     f"training.continuous=True.")
+                            f"(DDPM) only, got continuous=False with {type(sde).__name__}; set "
+                            f"training.continuous=True.")
 
 
 def _validate(sde: sde_lib.SDE, name: str, likelihood_weighting: bool, eps: float) -> None:
@@ -160,8 +160,8 @@ def _validate(sde: sde_lib.SDE, name: str, likelihood_weighting: bool, eps: floa
         raise InvalidInputError(f"loss: 'ddpm' needs a VPSDE, got {type(sde).__name__}.")
     if name != "dsm" and likelihood_weighting:
         raise InvalidInputError(f"training.likelihood_weighting: likelihood weighting is defined for the "
-                         f"continuous DSM loss only, got likelihood_weighting=True with the discrete "
-                         f"{name!r} loss; set training.continuous=True or likelihood_weighting=False.")
+                                f"continuous DSM loss only, got likelihood_weighting=True with the discrete "
+                                f"{name!r} loss; set training.continuous=True or likelihood_weighting=False.")
     checks.check_eps(sde, eps)
 
 

@@ -55,7 +55,7 @@ def latest_checkpoint_file(directory: PathLike) -> pathlib.Path:
                 if p.is_file() and (m := _CHECKPOINT_NAME.fullmatch(p.name))]
     if not numbered:
         raise MissingFileError(f"checkpoint directory {str(directory)!r} holds no file named "
-                                f"checkpoint_<N>; pass the checkpoint file itself or another directory.")
+                               f"checkpoint_<N>; pass the checkpoint file itself or another directory.")
     return max(numbered)[1]
 
 
@@ -92,7 +92,7 @@ def check_tree_matches(tree: Tree, template: Tree, *, what: str,
     else:
         problem = f"has {path!r} with shape {got[path]}, {against} {want[path]}"
     raise InvalidInputError(f"{what} does not match {against}: it {problem}{more}. Was it trained with another "
-                     f"config than the one given?")
+                            f"config than the one given?")
 
 
 def _restore_bytes(path: pathlib.Path) -> Tree:
@@ -102,11 +102,11 @@ def _restore_bytes(path: pathlib.Path) -> Tree:
         tree = serialization.msgpack_restore(data)
     except (ValueError, TypeError, msgpack.exceptions.UnpackException) as err:
         raise InvalidInputError(f"{str(path)!r} is not a valid msgpack checkpoint ({len(data)} bytes; "
-                         f"{type(err).__name__}: {err}); the file may be truncated or not a flax "
-                         f"checkpoint.") from None
+                                f"{type(err).__name__}: {err}); the file may be truncated or not a flax "
+                                f"checkpoint.") from None
     if not isinstance(tree, Mapping):
         raise InvalidInputError(f"{str(path)!r} holds a msgpack {type(tree).__name__}, not the state dict of a "
-                         f"score_sde checkpoint.")
+                                f"score_sde checkpoint.")
     return tree
 
 
@@ -115,7 +115,7 @@ def _get(tree: Mapping, key: str, where: str, path: pathlib.Path) -> Any:
     if not isinstance(tree, Mapping) or key not in tree:
         present = sorted(map(str, tree)) if isinstance(tree, Mapping) else type(tree).__name__
         raise InvalidInputError(f"{str(path)!r} is not an official score_sde checkpoint: {where} lacks "
-                         f"{key!r} (found {present}).")
+                                f"{key!r} (found {present}).")
     return tree[key]
 
 
@@ -128,7 +128,7 @@ def _split_moments(param_states: Tree, path: pathlib.Path, prefix: str = "") -> 
         where = f"{prefix}/{key}" if prefix else key
         if not isinstance(value, Mapping):
             raise InvalidInputError(f"{str(path)!r}: optimizer param_states/{where} is a leaf, expected "
-                             f"{{grad_ema, grad_sq_ema}} (an Adam state of flax.optim).")
+                                    f"{{grad_ema, grad_sq_ema}} (an Adam state of flax.optim).")
         mu[key], nu[key] = _split_moments(value, path, where)
     return mu, nu
 

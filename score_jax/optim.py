@@ -39,7 +39,7 @@ def clip_by_global_norm(clip: float) -> optax.GradientTransformation:
     """Scale the whole gradient tree by clip / max(||grad||_2, clip) (the official clipping)."""
     if not clip > 0:
         raise InvalidInputError(f"grad_clip: clipping needs a positive norm, got {clip}; a negative value "
-                         f"disables clipping.")
+                                f"disables clipping.")
 
     def update(updates: Any, state: optax.EmptyState, params: Any = None) -> tuple[Any, Any]:
         del params
@@ -67,7 +67,7 @@ def get_optimizer(name: str = "Adam", *, lr: float, beta1: float = 0.9, beta2: f
     """
     if name not in OPTIMIZERS:
         raise InvalidInputError(f"optim.optimizer: unknown optimizer {name!r}; valid names are "
-                         f"{list(OPTIMIZERS)}.")
+                                f"{list(OPTIMIZERS)}.")
     checks = {"lr": (lr, lr >= 0), "beta1": (beta1, 0 <= beta1 < 1),
               "beta2": (beta2, 0 <= beta2 < 1), "eps": (eps, eps >= 0),
               "weight_decay": (weight_decay, weight_decay >= 0), "warmup": (warmup, warmup >= 0),
@@ -75,7 +75,7 @@ def get_optimizer(name: str = "Adam", *, lr: float, beta1: float = 0.9, beta2: f
     for field, (value, ok) in checks.items():
         if not ok:
             raise InvalidInputError(f"optim.{field}: invalid value {value!r} (lr, eps, weight_decay, "
-                             f"warmup >= 0; betas in [0, 1); grad_clip > 0, or < 0 to disable).")
+                                    f"warmup >= 0; betas in [0, 1); grad_clip > 0, or < 0 to disable).")
 
     def chain(learning_rate: Array) -> optax.GradientTransformation:
         parts = [clip_by_global_norm(grad_clip)] if grad_clip >= 0 else []

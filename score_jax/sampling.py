@@ -109,7 +109,7 @@ def _check_ancestral(sde: sde_lib.SDE, probability_flow: bool) -> None:
             f"undefined; use predictor='reverse_diffusion' or 'euler_maruyama'.")
     if probability_flow:
         raise InvalidInputError("predictor='ancestral_sampling' is stochastic and has no probability-flow "
-                         "form; set probability_flow=False or use 'reverse_diffusion'.")
+                                "form; set probability_flow=False or use 'reverse_diffusion'.")
 
 
 def no_predictor(key: Array, sde: sde_lib.SDE, score_fn: ScoreFn, x: Array, t: Array, *,
@@ -307,7 +307,7 @@ def pc_sample(key: Array, sde: sde_lib.SDE, score_fn: ScoreFn, shape: tuple[int,
     checks.check_score_fn(score_fn, shape, dtype)
     if project is not None and not callable(project):
         raise InvalidInputError(f"project must be callable project(key, x, x_mean, t) or None, "
-                         f"got {type(project).__name__}.")
+                                f"got {type(project).__name__}.")
     samples = _pc_program(key, _as_pytree(score_fn), _as_pytree(project), x_init,
                           jnp.asarray(snr, dtype), sde=sde, shape=shape, predictor=predictor,
                           corrector=corrector, n_steps=int(n_steps), eps=eps, denoise=bool(denoise),
@@ -489,3 +489,8 @@ def ode_decode(sde: sde_lib.SDE, score_fn: ScoreFn, z: Array, *, rtol: float = 1
     eps = checks.check_eps(sde, eps)
     return _run_flow(jax.random.PRNGKey(0), sde, score_fn, z, z.shape, t_start=sde.T, t_end=eps,
                      denoise=False, solver=solver, rtol=rtol, atol=atol, max_steps=max_steps)
+
+
+# Few-step solvers live in their own module (it imports nothing from this one); re-exported so
+# every sampler is reachable as sampling.<name>.
+from score_jax.fast_sampling import FAST_SOLVERS, fast_sample  # noqa: E402,F401

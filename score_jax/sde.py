@@ -50,7 +50,7 @@ def _sum_except_batch(v: Array) -> Array:
 def _check_positive_int(name: str, value: int) -> None:
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
         raise InvalidInputError(f"N must be a positive integer number of discretisation steps, "
-                         f"got {name}={value!r}.")
+                                f"got {name}={value!r}.")
 
 
 def timestep_index(sde: "SDE", t: Array) -> Array:
@@ -79,10 +79,10 @@ class VESDE(_EulerMaruyama):
     def __post_init__(self):
         if not (self.sigma_min > 0 and self.sigma_max > 0):
             raise InvalidInputError(f"VESDE sigmas must be positive, got sigma_min={self.sigma_min}, "
-                             f"sigma_max={self.sigma_max}.")
+                                    f"sigma_max={self.sigma_max}.")
         if not self.sigma_min < self.sigma_max:
             raise InvalidInputError(f"VESDE needs sigma_min < sigma_max, got sigma_min={self.sigma_min}, "
-                             f"sigma_max={self.sigma_max}.")
+                                    f"sigma_max={self.sigma_max}.")
         _check_positive_int("N", self.N)
 
     @property
@@ -143,14 +143,14 @@ class _VPSchedule(_EulerMaruyama):
     def _validate(self):
         if not (self.beta_min >= 0 and self.beta_max > 0):
             raise InvalidInputError(f"{type(self).__name__} betas must be non-negative with beta_max > 0, "
-                             f"got beta_min={self.beta_min}, beta_max={self.beta_max}.")
+                                    f"got beta_min={self.beta_min}, beta_max={self.beta_max}.")
         if not self.beta_min <= self.beta_max:
             raise InvalidInputError(f"{type(self).__name__} needs beta_min <= beta_max, got "
-                             f"beta_min={self.beta_min}, beta_max={self.beta_max}.")
+                                    f"beta_min={self.beta_min}, beta_max={self.beta_max}.")
         _check_positive_int("N", self.N)
         if self.beta_max / self.N >= 1:
             raise InvalidInputError(f"{type(self).__name__} needs beta_max / N < 1 so that the DDPM "
-                             f"alphas are positive, got beta_max={self.beta_max}, N={self.N}.")
+                                    f"alphas are positive, got beta_max={self.beta_max}, N={self.N}.")
 
     @property
     def T(self) -> float:

@@ -104,7 +104,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
     """
     if nan_policy not in NAN_POLICIES:
         raise InvalidInputError(f"nan_policy: unknown policy {nan_policy!r}; valid values are "
-                         f"{list(NAN_POLICIES)}.")
+                                f"{list(NAN_POLICIES)}.")
     optim.ema_rate(0, ema_rate)  # validates the rate on the host
     return TrainStep(loss_fn, optimizer, float(ema_rate), bool(ema_warmup), nan_policy)
 
@@ -118,7 +118,7 @@ def make_multi_step(step: StepFn, n_jitted_steps: int) -> Callable[[TrainState, 
     """
     if not isinstance(n_jitted_steps, int) or n_jitted_steps < 1:
         raise InvalidInputError(f"training.n_jitted_steps: expected a positive integer, got "
-                         f"{n_jitted_steps!r}.")
+                                f"{n_jitted_steps!r}.")
     stop = getattr(step, "nan_policy", "skip") == "stop"
 
     def body(carry: tuple[TrainState, Array], x: Array) -> tuple[tuple[TrainState, Array], dict]:
@@ -133,7 +133,7 @@ def make_multi_step(step: StepFn, n_jitted_steps: int) -> Callable[[TrainState, 
     def multi_step(state: TrainState, xs: Array) -> tuple[TrainState, dict]:
         if xs.ndim < 1 or xs.shape[0] != n_jitted_steps:
             raise InvalidInputError(f"x: expected a leading axis of n_jitted_steps={n_jitted_steps} "
-                             f"batches, got shape {xs.shape}.")
+                                    f"batches, got shape {xs.shape}.")
         (state, _), metrics = jax.lax.scan(body, (state, jnp.zeros([], bool)), xs)
         return state, metrics
 

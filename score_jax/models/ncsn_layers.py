@@ -83,7 +83,7 @@ def interpolation_method(interpolation: str) -> str:
     """
     if interpolation not in INTERPOLATIONS:
         raise InvalidInputError(f"interpolation: unknown mode {interpolation!r}; expected one of "
-                         f"{sorted(INTERPOLATIONS)}.")
+                                f"{sorted(INTERPOLATIONS)}.")
     return INTERPOLATIONS[interpolation]
 
 
@@ -374,7 +374,7 @@ def divide_by_sigma(h: Array, labels: Array, sigmas: Array) -> Array:
     """
     if not jnp.issubdtype(labels.dtype, jnp.integer):
         raise InvalidInputError(f"labels: scale_by_sigma needs integer noise-level indices [B] into the "
-                         f"descending sigma table, got dtype {labels.dtype}; use the discrete SMLD "
-                         f"labels or set scale_by_sigma=False.")
+                                f"descending sigma table, got dtype {labels.dtype}; use the discrete SMLD "
+                                f"labels or set scale_by_sigma=False.")
     used = sigmas[labels].reshape((h.shape[0],) + (1,) * (h.ndim - 1))
     return h / used.astype(h.dtype)

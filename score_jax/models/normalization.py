@@ -163,13 +163,13 @@ def get_normalization(normalization: str, conditional: bool = False,
     if conditional:
         if normalization not in CONDITIONAL_NORMALIZATIONS:
             raise InvalidInputError(f"normalization: no conditional layer for {normalization!r}; expected one of "
-                             f"{list(CONDITIONAL_NORMALIZATIONS)}.")
+                                    f"{list(CONDITIONAL_NORMALIZATIONS)}.")
         if num_classes is None or num_classes < 1:
             raise InvalidInputError(f"num_classes: a conditional normalisation needs a positive number of noise "
-                             f"levels, got {num_classes!r}.")
+                                    f"levels, got {num_classes!r}.")
         return functools.partial(ConditionalInstanceNorm2dPlus, num_classes=num_classes)
     factory = NORMALIZATIONS.get(normalization)
     if factory is None:
         raise InvalidInputError(f"normalization: unknown layer {normalization!r}; expected one of "
-                         f"{sorted(NORMALIZATIONS)}.")
+                                f"{sorted(NORMALIZATIONS)}.")
     return factory
