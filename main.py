@@ -1,4 +1,4 @@
-"""score_jax command line: train or evaluate a score model (flags compatible with the official score_sde).
+"""score_jax command line: train, evaluate or sample a score model (flags of the official score_sde).
 
   python main.py --workdir runs/digits                      # train on the embedded default data set
   python main.py --workdir runs/digits --mode eval          # evaluate its checkpoints
@@ -18,6 +18,7 @@ from score_jax import errors
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CONFIG = os.path.join(_HERE, "configs", "vp", "digits_ddpmpp_continuous.py")
+MODES = ("train", "eval", "train_eval")
 
 FLAGS = flags.FLAGS
 # Set SCORE_JAX_TRACEBACK=1 to see the stack trace of a user error as well as its message.
@@ -31,8 +32,8 @@ def _config_error(e: BaseException) -> str:
 
 
 def _define_config_flag() -> None:
-    # config_flags reads the config file and applies the --config.* overrides right here, at
-    # definition time, so a misspelt field fails before main() runs.
+    # config_flags applies the --config.* overrides when the flags are parsed, so a misspelt field
+    # fails before main() runs; a config file that cannot be loaded fails at first use (_config).
     try:
         config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Training configuration file.",
                                         lock_config=True)
@@ -45,7 +46,7 @@ def _define_config_flag() -> None:
 
 _define_config_flag()
 flags.DEFINE_string("workdir", None, "Work directory: checkpoints, logs, samples.")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "train_eval"],
+flags.DEFINE_enum("mode", "train", MODES,
                   "Running mode: train, eval, or train_eval (train, then evaluate the result).")
 flags.DEFINE_string("eval_folder", "eval", "Folder name (under workdir) for evaluation results.")
 flags.DEFINE_string("init_from_official", None,
@@ -57,22 +58,43 @@ flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-host
 flags.DEFINE_integer("process_id", None, "Index of this process in a multi-host job.")
 flags.mark_flags_as_required(["workdir"])
 
-def main(argv):
+
+def _config():
+    """The parsed config; a config file that does not exist or does not load is a user error."""
+    try:
+        config = FLAGS.config
+        config.keys()  # a config that failed to load raises on first use, not on access
+        return config
+    except Exception as e:  # noqa: BLE001 - any failure of the user's config file
+        detail = " ".join(str(e).split())
+        if "No such file or directory" in detail:
+            detail = "no such file"
+        raise errors.InvalidInputError(
+            f"--config {config_flags.get_config_filename(FLAGS['config'])}: cannot load it "
+            f"({detail}); pass a config file such as configs/vp/cifar10_ddpmpp_continuous.py."
+        ) from None
+
+
+def main(argv, coordinator_slot: list) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    config = _config()
     # jax.distributed must be initialised before anything touches a JAX backend.
-    from score_jax import parallel
+    from score_jax import coordination, parallel
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                     FLAGS.process_id)
+    coordinator = coordination.Coordinator()
+    coordinator_slot.append(coordinator)
     if FLAGS.mode in ("train", "train_eval"):
         from score_jax import train
-        train.train(FLAGS.config, FLAGS.workdir, init_from_official=FLAGS.init_from_official)
+        train.train(config, FLAGS.workdir, init_from_official=FLAGS.init_from_official)
     if FLAGS.mode in ("eval", "train_eval"):
         from score_jax import evaluate
-        evaluate.evaluate(FLAGS.config, FLAGS.workdir, FLAGS.eval_folder,
-                          init_from_official=FLAGS.init_from_official)
+        evaluate.evaluate(config, FLAGS.workdir, FLAGS.eval_folder,
+                          init_from_official=FLAGS.init_from_official, coordinator=coordinator)
+    coordinator.close()
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -85,19 +107,40 @@ def _parse_flags(argv: list[str]) -> list[str]:
         if _SHOW_TRACEBACK:
             raise
         message = _config_error(e)
+    except Exception as e:  # noqa: BLE001 - the config file's get_config() itself failed
+        if _SHOW_TRACEBACK:
+            raise
+        message = f"--config: loading the config file failed ({type(e).__name__}: {e})"
     print(f"error: {message}\nPass --helpfull to see the flags.", file=sys.stderr)
     sys.exit(2)
 
 
+def _exit_after_error(coordinator_slot: list, error: BaseException, code: int) -> None:
+    """Tell the other processes (if any), then leave without jax.distributed's shutdown barrier,
+    which would wait minutes for a process that is gone."""
+    if not coordinator_slot or coordinator_slot[0].count == 1:
+        sys.exit(code)
+    coordinator_slot[0].fail(error)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def run() -> None:
     """Entry point: user errors become one line on stderr and exit code 2, without a stack trace."""
+    slot: list = []
     try:
-        app.run(main, flags_parser=_parse_flags)
-    except Exception as e:  # noqa: BLE001 - re-raised below unless it is a user error
+        app.run(lambda argv: main(argv, slot), flags_parser=_parse_flags)
+    except SystemExit:
+        raise
+    except Exception as e:  # noqa: BLE001 - reported below, with its trace unless a user error
         if _SHOW_TRACEBACK or not isinstance(e, errors.UserError):
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+            import traceback
+            traceback.print_exc()
+            _exit_after_error(slot, e, 1)
+        prefix = "" if not slot or slot[0].count == 1 else f"process {slot[0].index}: "
+        print(f"error: {prefix}{e}", file=sys.stderr)
+        _exit_after_error(slot, e, 2)
 
 
 if __name__ == "__main__":

@@ -27,25 +27,25 @@ THROUGHPUT = r"""
 import json, sys, time
 import jax, numpy as np
 from configs.vp import digits_ddpmpp_continuous as c
-from score_jax import datasets, parallel, train
+from score_jax import datasets, experiment, parallel, train
 steps = int(sys.argv[1])
 config = c.get_config()
-setup = train.build(config)
+setup = experiment.build(config)
 mesh = parallel.make_mesh()
-state = parallel.replicate(train.init_state(config, setup), mesh)
-single, _ = train.compile_steps(config, setup, mesh, 1)
+state = parallel.replicate(experiment.init_state(config, setup), mesh)
+single = train.compile_steps(config, setup, mesh, 1).single
 bs = config.training.batch_size
 it = datasets.train_iterator("digits", image_size=8, global_batch_size=bs, seed=0,
                              random_flip=False, prefetch=2)
 scaler = datasets.get_data_scaler(True)
 for _ in range(5):  # compile and warm up
-    state, m = single(state, train._next_batches(it, 1, scaler, mesh))
+    state, m = single(state, parallel.global_batch(scaler(next(it)["image"]), mesh))
 jax.block_until_ready(m)
 best = 0.0
 for rep in range(2):
     t0 = time.perf_counter()
     for _ in range(steps):
-        state, m = single(state, train._next_batches(it, 1, scaler, mesh))
+        state, m = single(state, parallel.global_batch(scaler(next(it)["image"]), mesh))
         float(m["loss"])  # the runner reads the loss every call
     best = max(best, steps / (time.perf_counter() - t0))
 it.close()

@@ -20,6 +20,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
     # Extra checkpoints so that a preempted job loses little work.
     training.snapshot_freq_for_preemption = 10000
     training.snapshot_sampling = True
+    # score_jax: samples drawn at each snapshot (official: one training batch).
+    training.snapshot_num_samples = 128
     training.likelihood_weighting = False
     training.continuous = True
     # score_jax: 0 = choose by backend (1 on CPU, where convolution gradients inside a compiled
@@ -68,6 +70,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
     # score_jax: tensorflow-datasets directory ('' = tfds default) and whether tfds may download.
     data.data_dir = ''
     data.download = False
+    # score_jax: the TFRecords file (or glob) of FFHQ / CelebA-HQ ('' for tfds data sets).
+    data.tfrecords_path = ''
 
     # model
     config.model = model = ml_collections.ConfigDict()

@@ -21,6 +21,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
     training.eval_freq = 100
     training.snapshot_freq_for_preemption = 100
     training.snapshot_sampling = True
+    # score_jax: samples drawn at each snapshot (official: one training batch).
+    training.snapshot_num_samples = 64
     training.likelihood_weighting = False
     training.continuous = True
     # 0 = choose by backend (1 on CPU, 5 on GPU/TPU); see default_cifar10_configs.py.
@@ -68,6 +70,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
     data.num_channels = 1
     data.data_dir = ''
     data.download = False
+    # score_jax: the TFRecords file (or glob) of FFHQ / CelebA-HQ ('' for tfds data sets).
+    data.tfrecords_path = ''
 
     # model
     config.model = model = ml_collections.ConfigDict()

@@ -39,28 +39,29 @@ class Restored:
     data_state: Any  # JSON value, or None when the run saved no iterator position
 
 
-def is_due(step: int, preemption_every: int, snapshot_every: int) -> bool:
-    """True if a checkpoint is scheduled at `step` (a multiple of either frequency)."""
-    return step > 0 and (step % preemption_every == 0 or step % snapshot_every == 0)
-
-
-def is_snapshot(step: int, snapshot_every: int) -> bool:
-    """True if the checkpoint at `step` is a kept snapshot (the official `snapshot_freq`)."""
-    return step > 0 and step % snapshot_every == 0
-
-
 def open_manager(directory: str | pathlib.Path, *, snapshot_every: int,
-                 async_save: bool = True, read_only: bool = False) -> ocp.CheckpointManager:
-    """A CheckpointManager that keeps the newest checkpoint and every multiple of `snapshot_every`."""
+                 async_save: bool = True, read_only: bool = False,
+                 this_process_only: bool = False) -> ocp.CheckpointManager:
+    """A CheckpointManager that keeps the newest checkpoint and every multiple of `snapshot_every`.
+
+    With `this_process_only` (reading only) the manager takes no part in orbax's cross-process
+    barriers: each process of a multi-host evaluation reads on its own, so one that dies cannot
+    leave the others in an XLA barrier for minutes (score_jax.coordination reports it instead).
+    """
+    if this_process_only and not read_only:
+        raise InvalidInputError("open_manager: this_process_only is for reading only.")
     if snapshot_every < 1:
         raise InvalidInputError(f"training.snapshot_freq: expected a positive number of steps, "
-                         f"got {snapshot_every}.")
+                                f"got {snapshot_every}.")
     policy = pp.AnyPreservationPolicy([pp.LatestN(1), pp.EveryNSteps(snapshot_every)])
     options = ocp.CheckpointManagerOptions(
         preservation_policy=None if read_only else policy,
         enable_async_checkpointing=async_save, create=not read_only, read_only=read_only,
         # A killed run leaves its half-written temporary directory; never mistake it for a checkpoint.
-        cleanup_tmp_directories=not read_only)
+        cleanup_tmp_directories=not read_only,
+        multiprocessing_options=ocp.options.MultiprocessingOptions(
+            primary_host=jax.process_index(), active_processes={jax.process_index()})
+        if this_process_only else ocp.options.MultiprocessingOptions())
     return ocp.CheckpointManager(pathlib.Path(directory).absolute(), options=options,
                                  item_names=("state", "meta"))
 

@@ -1,11 +1,15 @@
-"""Evaluation over checkpoints eval.begin_ckpt..end_ckpt: test loss, bits/dim, samples, metrics.
+"""Evaluation mode over checkpoints eval.begin_ckpt..end_ckpt: test loss, bits/dim, samples, metrics.
 
 Checkpoint number n is the snapshot at step n * training.snapshot_freq (the official numbering).
 Each evaluated checkpoint leaves `<eval_folder>/ckpt_<n>.npz`, written last and atomically, so a
 rerun skips the checkpoints already done (resumable like the official evaluator); `summary.json`
 collects them. Every test example counts: the last batch is padded and the padding masked out
-(the official evaluator dropped the remainder). Work is spread over this process's devices; with
-several processes each evaluates its share of every batch and the results are gathered.
+(the official evaluator dropped the remainder).
+
+With several processes, each reads the checkpoint onto its own devices (outside orbax's
+cross-process barriers), evaluates its share of every batch there (no collective inside a compiled
+program), and the per-example results meet through the failure-aware `coordination.Coordinator`;
+only process 0 writes results.
 """
 
 from __future__ import annotations
@@ -20,114 +24,152 @@ from typing import Any, Callable, Mapping, Optional
 import jax
 import ml_collections
 import numpy as np
-from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec as P
 
-from score_jax import checkpoints, datasets, images, likelihood, parallel, train
-from score_jax.models import score as score_lib
+from score_jax import checkpoints, coordination, datasets, experiment, images, likelihood
+from score_jax import parallel, reporting, workdir as workdir_lib
 from score_jax.errors import InvalidInputError, MissingFileError
 
 _LOSS_STREAM, _BPD_STREAM, _SAMPLE_STREAM = 0x1055, 0xB9D, 0x5A3C
 
 # Sample-quality metrics: name -> fn(samples uint8 [N, H, W, C], config) -> float. Names listed in
-# config.eval.sample_metrics are computed on the evaluation samples (FID / IS / KID plug in here).
+# config.eval.sample_metrics are computed on the evaluation samples.
 SAMPLE_METRICS: dict[str, Callable[[np.ndarray, ml_collections.ConfigDict], float]] = {}
 
 
-def _get(section, field: str, default: Any) -> Any:
-    return section.get(field, default) if hasattr(section, "get") else default
+class _Context:
+    """What every evaluation stage of one run shares."""
+
+    def __init__(self, config, exp: experiment.Experiment, coord: coordination.Coordinator,
+                 reporter: reporting.Reporter):
+        self.config, self.exp, self.coord, self.reporter = config, exp, coord, reporter
+        self.mesh = parallel.make_mesh(jax.local_devices())  # evaluation is per process
+        self.scaler = datasets.get_data_scaler(config.data.centered)
+
+    def shard(self, x: np.ndarray) -> jax.Array:
+        """A local batch split over this process's devices."""
+        return jax.device_put(x, parallel.batch_sharding(self.mesh))
+
+    def gather_examples(self, name: str, values: list[np.ndarray], masks: list[np.ndarray]
+                        ) -> np.ndarray:
+        """Every real example's value, in data-set order: per-batch local parts of all processes."""
+        local = np.stack(values) if values else np.zeros((0, 0))
+        parts = self.coord.gather(name, local)
+        keep = self.coord.gather(f"{name}_mask", np.stack(masks) if masks else np.zeros((0, 0)))
+        per_batch = np.concatenate(parts, axis=1)   # [batches, global batch]
+        mask = np.concatenate(keep, axis=1).astype(bool)
+        return per_batch[mask]
+
+    def batches(self, seed: int, dequantize: bool):
+        """This process's share of every evaluation batch, in order."""
+        return experiment.eval_iterator(self.config, seed=seed, dequantize=dequantize)
 
 
-def _gather(local: np.ndarray) -> np.ndarray:
-    """Concatenate per-process arrays along axis 0, in process order (identity for one process)."""
-    if jax.process_count() == 1:
-        return local
-    return np.asarray(multihost_utils.process_allgather(local, tiled=True))
-
-
-def _local_mesh():
-    """Mesh over this process's devices: evaluation needs no cross-process communication."""
-    return parallel.make_mesh(jax.local_devices())
-
-
-def _shard(x: np.ndarray, mesh) -> jax.Array:
-    return jax.device_put(x, NamedSharding(mesh, P(parallel.DATA_AXIS)))
-
-
-def _eval_iter(config, seed: int, dequantize: bool):
-    ev = config.eval
-    split = "test" if ev.bpd_dataset == "test" else "train"
-    return datasets.eval_iterator(
-        train.dataset_name(config), image_size=config.data.image_size,
-        global_batch_size=ev.batch_size, data_dir=train.data_dir(config), split=split, seed=seed,
-        uniform_dequantization=dequantize, download=bool(_get(config.data, "download", False)))
+def _num_batches(config) -> int:
+    source = datasets.open_source(experiment.dataset_name(config), experiment.eval_split(config),
+                                  config.data.data_dir or None,
+                                  tfrecords_path=config.data.tfrecords_path or None)
+    return datasets.num_eval_batches(len(source), int(config.eval.batch_size))
 
 
 # --------------------------------------------------------------------------- per-checkpoint parts
 
 
-def make_loss_fn(config, setup: train.Setup, mesh) -> Callable:
+def _per_example_loss_fn(ctx: _Context) -> Callable:
     """Jitted per-example evaluation loss: (keys [B], params, model_state, x [B, ...]) -> [B]."""
-    loss_fn = train.build_loss(config, setup.sde, setup.model, train=False)
+    loss_fn = experiment.get_loss_fn(ctx.config, ctx.exp.sde, ctx.exp.model, train=False)
 
     def per_example(keys, params, model_state, x):
         return jax.vmap(lambda k, xi: loss_fn(k, params, model_state, xi[None])[0])(keys, x)
 
-    rep, batch = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    rep, batch = parallel.replicated(ctx.mesh), parallel.batch_sharding(ctx.mesh)
     return jax.jit(per_example, in_shardings=(batch, rep, rep, batch), out_shardings=batch)
 
 
-def test_loss(config, loss_fn, params, model_state, mesh, key) -> float:
+def eval_loss(ctx: _Context, params, model_state, key) -> float:
     """Mean evaluation loss over every example of the evaluation split."""
-    scaler = datasets.get_data_scaler(config.data.centered)
-    total, count = 0.0, 0
-    for b, batch in enumerate(_eval_iter(config, int(config.seed), False)):
-        keys = jax.random.split(jax.random.fold_in(key, b), batch["image"].shape[0])
-        losses = np.asarray(loss_fn(_shard(np.asarray(keys), mesh), params, model_state,
-                                    _shard(scaler(batch["image"]), mesh)))
-        mask = batch["mask"]
-        losses, mask = _gather(losses), _gather(mask)
-        total += float(np.sum(losses[mask], dtype=np.float64))
-        count += int(mask.sum())
-    return total / count
+    loss_fn = _per_example_loss_fn(ctx)
+    values, masks = [], []
+    n = _num_batches(ctx.config)
+    offset = jax.process_index() * (int(ctx.config.eval.batch_size) // jax.process_count())
+    with ctx.reporter.progress(n, desc="test loss", unit="batch") as bar:
+        for b, batch in enumerate(ctx.batches(int(ctx.config.seed), False)):
+            # Keys of the global batch, so the noise of an example does not depend on the
+            # number of processes.
+            keys = jax.random.split(jax.random.fold_in(key, b), int(ctx.config.eval.batch_size))
+            local = np.asarray(keys)[offset:offset + batch["image"].shape[0]]
+            losses = loss_fn(ctx.shard(local), params, model_state,
+                             ctx.shard(ctx.scaler(batch["image"])))
+            values.append(np.asarray(losses))
+            masks.append(batch["mask"])
+            bar.update(1)
+    losses = ctx.gather_examples("loss", values, masks)
+    return float(np.sum(losses, dtype=np.float64) / losses.size)
 
 
-def bits_per_dim(config, setup: train.Setup, params, model_state, mesh, key
-                 ) -> tuple[np.ndarray, int]:
+def bits_per_dim(ctx: _Context, params, model_state, key) -> tuple[np.ndarray, int]:
     """Bits/dim [repeats, N] of every evaluation example (fresh dequantisation per repeat), max NFE."""
-    ev = config.eval
-    scaler = datasets.get_data_scaler(config.data.centered)
-    score_fn = score_lib.get_score_fn(setup.sde, setup.model.apply, params, model_state,
-                                      continuous=config.training.continuous)
+    ev = ctx.config.eval
+    score_fn = experiment.get_score_fn(ctx.config, ctx.exp.sde, ctx.exp.model, params,
+                                       model_state)
     repeats, max_nfe = [], 0
-    for r in range(int(_get(ev, "bpd_num_repeats", 5))):
-        values = []
-        for b, batch in enumerate(_eval_iter(config, int(config.seed) + 1 + r, True)):
-            k = jax.random.fold_in(jax.random.fold_in(key, r), b)
-            out = likelihood.bpd(k, setup.sde, score_fn, _shard(scaler(batch["image"]), mesh),
-                                 centered=config.data.centered,
-                                 rtol=float(_get(ev, "bpd_rtol", 1e-5)),
-                                 atol=float(_get(ev, "bpd_atol", 1e-5)))
-            max_nfe = max(max_nfe, int(out.nfe))
-            bpd, mask = _gather(np.asarray(out.bpd)), _gather(batch["mask"])
-            values.append(bpd[mask])
-        repeats.append(np.concatenate(values))
-    return np.stack(repeats), max_nfe
+    n = _num_batches(ctx.config) * int(ev.bpd_num_repeats)
+    with ctx.reporter.progress(n, desc="bits/dim", unit="batch") as bar:
+        for r in range(int(ev.bpd_num_repeats)):
+            values, masks = [], []
+            for b, batch in enumerate(ctx.batches(int(ctx.config.seed) + 1 + r, True)):
+                k = jax.random.fold_in(jax.random.fold_in(key, r), b)
+                out = likelihood.bpd(k, ctx.exp.sde, score_fn,
+                                     ctx.shard(ctx.scaler(batch["image"])),
+                                     centered=ctx.config.data.centered, rtol=float(ev.bpd_rtol),
+                                     atol=float(ev.bpd_atol))
+                max_nfe = max(max_nfe, int(out.nfe))
+                values.append(np.asarray(out.bpd))
+                masks.append(batch["mask"])
+                bar.update(1, {"nfe": int(out.nfe)})
+            repeats.append(ctx.gather_examples(f"bpd_{r}", values, masks))
+    nfe = max(int(v) for v in ctx.coord.gather("bpd_nfe", np.asarray(max_nfe)))
+    return np.stack(repeats), nfe
 
 
-def write_samples(config, setup: train.Setup, params, model_state, out_dir: pathlib.Path,
-                  key) -> np.ndarray:
-    """Draw eval.num_samples samples (batches of eval.batch_size) and save them; uint8 [N, ...]."""
-    n_total, bs = int(config.eval.num_samples), int(config.eval.batch_size)
+def _sample_rounds(ctx: _Context, params, model_state, out_dir: pathlib.Path, key) -> np.ndarray:
+    """Draw eval.num_samples in rounds of eval.batch_size (each process its share); uint8 [N, ...].
+
+    Each process writes each round it finishes to `out_dir/rounds/`, so a killed evaluation
+    resumes from the last finished round.
+    """
+    ev = ctx.config.eval
+    total, per_round = int(ev.num_samples), int(ev.batch_size)
+    count, index = jax.process_count(), jax.process_index()
+    rounds = out_dir / "rounds"
+    if parallel.is_main_process():
+        rounds.mkdir(parents=True, exist_ok=True)
+    ctx.coord.barrier("sample_dir")
+    n_rounds = math.ceil(total / per_round)
+    with ctx.reporter.progress(n_rounds, desc="samples", unit="round") as bar:
+        for r in range(n_rounds):
+            path = rounds / f"round_{r}_p{index}.npz"
+            n = min(per_round, total - r * per_round)
+            local_n = n // count + (1 if index < n % count else 0)
+            if not path.exists() and local_n > 0:
+                sampler = experiment.get_sampler(ctx.config, ctx.exp.sde, ctx.exp.sampling_eps,
+                                                 ctx.exp.model, local_n)
+                # fold_in(key, r) for one process: the keys of the single-process evaluation.
+                x, nfe = sampler(jax.random.fold_in(key, r * count + index), params, model_state)
+                _save_npz(path, {"samples": images.to_uint8(x), "nfe": nfe})
+            bar.update(1)
+    ctx.coord.barrier("samples_written")
+    if not parallel.is_main_process():
+        return np.zeros((0,) + ctx.exp.image_shape, np.uint8)
     chunks = []
-    for i in range(math.ceil(n_total / bs)):
-        n = min(bs, n_total - i * bs)
-        sampler = train.make_sampler(config, setup.sde, setup.sampling_eps, setup.model, n)
-        x, _ = sampler(jax.random.fold_in(key, i), params, model_state)
-        chunks.append(x)
+    for r in range(n_rounds):
+        for p in range(count):
+            path = rounds / f"round_{r}_p{p}.npz"
+            if path.exists():
+                with np.load(path) as d:
+                    chunks.append(d["samples"])
     samples = np.concatenate(chunks)
-    images.save_samples(out_dir, "samples", samples)
-    return images.to_uint8(samples)
+    images.save_samples(out_dir, "samples", samples.astype(np.float32) / 255.0)
+    return samples
 
 
 def sample_metrics(names, samples: np.ndarray, config) -> dict[str, float]:
@@ -135,7 +177,7 @@ def sample_metrics(names, samples: np.ndarray, config) -> dict[str, float]:
     unknown = [n for n in names if n not in SAMPLE_METRICS]
     if unknown:
         raise InvalidInputError(f"eval.sample_metrics: unknown metrics {unknown}; available: "
-                         f"{sorted(SAMPLE_METRICS)}.")
+                                f"{sorted(SAMPLE_METRICS)}.")
     return {n: float(SAMPLE_METRICS[n](samples, config)) for n in names}
 
 
@@ -148,23 +190,13 @@ def _save_npz(path: pathlib.Path, results: Mapping[str, Any]) -> None:
     tmp.replace(path)
 
 
-def _summary_entry(results: Mapping[str, Any]) -> dict[str, Any]:
-    """JSON-able scalars of a results dict (arrays summarised by their mean)."""
-    out = {}
-    for k, v in results.items():
-        v = np.asarray(v)
-        if v.dtype.kind in "fiub":
-            out[k] = float(v) if v.ndim == 0 else None
-    out = {k: v for k, v in out.items() if v is not None}
-    return out
-
-
 def _write_summary(eval_dir: pathlib.Path) -> dict[str, Any]:
-    """Rebuild summary.json from every ckpt_<n>.npz in eval_dir."""
+    """Rebuild summary.json (the scalars of every ckpt_<n>.npz) from the files in eval_dir."""
     summary = {}
     for f in sorted(eval_dir.glob("ckpt_*.npz"), key=lambda p: p.stem):
         with np.load(f) as d:
-            summary[f.stem] = _summary_entry(dict(d))
+            summary[f.stem] = {k: float(v) for k, v in d.items()
+                               if v.ndim == 0 and v.dtype.kind in "fiub"}
     tmp = eval_dir / ".summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2, sort_keys=True))
     tmp.replace(eval_dir / "summary.json")
@@ -189,72 +221,82 @@ def _checkpoints_to_evaluate(config, manager) -> list[tuple[str, int]]:
     return found
 
 
-def evaluate_checkpoint(config, setup: train.Setup, state, label: str, step: int,
-                        eval_dir: pathlib.Path, mesh, say) -> dict[str, Any]:
+def evaluate_checkpoint(ctx: _Context, state, label: str, step: int,
+                        eval_dir: pathlib.Path) -> dict[str, Any]:
     """All enabled evaluations of one training state; returns and saves its results."""
-    ev = config.eval
-    key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), step)
-    params, model_state = jax.device_put((state.params_ema, state.model_state),
-                                         parallel.replicated(mesh))
+    ev, say = ctx.config.eval, ctx.reporter.message
+    key = jax.random.fold_in(jax.random.PRNGKey(int(ctx.config.seed)), step)
+    host = parallel.to_host((state.params_ema, state.model_state))
+    params, model_state = jax.device_put(host, parallel.replicated(ctx.mesh))
     results: dict[str, Any] = {"step": step}
     if ev.enable_loss:
         t0 = time.perf_counter()
-        loss_fn = make_loss_fn(config, setup, mesh)
-        results["loss"] = test_loss(config, loss_fn, params, model_state, mesh,
+        results["loss"] = eval_loss(ctx, params, model_state,
                                     jax.random.fold_in(key, _LOSS_STREAM))
         say(f"{label} (step {step}): test loss {results['loss']:.5g} "
             f"({time.perf_counter() - t0:.1f} s)")
     if ev.enable_bpd:
         t0 = time.perf_counter()
-        bpd, nfe = bits_per_dim(config, setup, params, model_state, mesh,
-                                jax.random.fold_in(key, _BPD_STREAM))
+        bpd, nfe = bits_per_dim(ctx, params, model_state, jax.random.fold_in(key, _BPD_STREAM))
         results.update(bpd=float(bpd.mean()), bpd_per_repeat=bpd.mean(axis=1),
                        bpd_per_example=bpd, bpd_nfe=nfe, bpd_seconds=time.perf_counter() - t0)
         say(f"{label} (step {step}): bits/dim {results['bpd']:.4f} over {bpd.shape[1]} examples x "
             f"{bpd.shape[0]} repeats (max NFE {nfe}, {results['bpd_seconds']:.1f} s)")
-    if ev.enable_sampling and parallel.is_main_process():
-        host = parallel.to_host((state.params_ema, state.model_state))
-        samples = write_samples(config, setup, *host, eval_dir / label,
-                                jax.random.fold_in(key, _SAMPLE_STREAM))
-        results.update(sample_metrics(tuple(_get(ev, "sample_metrics", ())), samples, config))
-        say(f"{label} (step {step}): {samples.shape[0]} samples -> {eval_dir / label}")
+    if ev.enable_sampling:
+        samples = _sample_rounds(ctx, *host, eval_dir / label,
+                                 jax.random.fold_in(key, _SAMPLE_STREAM))
+        if parallel.is_main_process():
+            results.update(sample_metrics(tuple(ev.sample_metrics), samples, ctx.config))
+            say(f"{label} (step {step}): {samples.shape[0]} samples -> {eval_dir / label}")
     if parallel.is_main_process():
         _save_npz(eval_dir / f"{label}.npz", results)
     return results
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
-             eval_folder: str = "eval", *, init_from_official: Optional[str] = None
-             ) -> dict[str, Any]:
+             eval_folder: str = "eval", *, init_from_official: Optional[str] = None,
+             coordinator: Optional[coordination.Coordinator] = None) -> dict[str, Any]:
     """Evaluate the checkpoints of workdir (or an official checkpoint file); returns the summary."""
-    setup = train.build(config)
-    mesh = _local_mesh()
-    parallel.local_batch_size(config.eval.batch_size, mesh, "eval.batch_size")
-    _eval_iter(config, 0, False)  # a missing data set fails here, before any work
-    workdir = pathlib.Path(workdir).expanduser().absolute()
-    if not init_from_official and not (workdir / "checkpoints").is_dir():
-        raise MissingFileError(f"--workdir: {workdir} holds no checkpoints/ directory; train "
-                                f"first (--mode train) or pass the workdir of a training run.")
-    eval_dir = train.prepare_workdir(workdir) / eval_folder
+    exp = experiment.build(config)
+    coord = coordinator or coordination.Coordinator()
+    reporter = reporting.Reporter(enabled=parallel.is_main_process())
+    ctx = _Context(config, exp, coord, reporter)
+    parallel.local_batch_size(config.eval.batch_size, parallel.make_mesh(), "eval.batch_size")
+    _num_batches(config)  # a missing data set fails here, before any work
+    path = workdir_lib.resolve(workdir) if init_from_official else \
+        workdir_lib.require_checkpoints(workdir)
+    eval_dir = workdir_lib.prepare(path, barrier=coord.barrier) / eval_folder
     if parallel.is_main_process():
         eval_dir.mkdir(exist_ok=True)
-    say = (lambda m: print(m, flush=True)) if parallel.is_main_process() else (lambda m: None)
+    coord.barrier("eval_dir")
     if init_from_official:
-        state = train.state_from_official(init_from_official, train.init_state(config, setup))
-        evaluate_checkpoint(config, setup, state, "official", 0, eval_dir, mesh, say)
+        state = experiment.state_from_official(init_from_official,
+                                               experiment.init_state(config, exp))
+        evaluate_checkpoint(ctx, state, "official", 0, eval_dir)
     else:
-        manager = checkpoints.open_manager(workdir / "checkpoints",
-                                           snapshot_every=config.training.snapshot_freq,
-                                           read_only=True)
+        _evaluate_workdir(ctx, path, eval_dir)
+    summary = _write_summary(eval_dir) if parallel.is_main_process() else {}
+    reporter.message(f"evaluation summary -> {eval_dir / 'summary.json'}")
+    return summary
+
+
+def _evaluate_workdir(ctx: _Context, path: pathlib.Path, eval_dir: pathlib.Path) -> None:
+    """Evaluate every requested checkpoint of path/checkpoints not yet in eval_dir."""
+    config = ctx.config
+    manager = checkpoints.open_manager(path / "checkpoints",
+                                       snapshot_every=config.training.snapshot_freq,
+                                       read_only=True, this_process_only=True)
+    # Every process reads the whole state onto its own devices.
+    sharding = parallel.replicated(ctx.mesh)
+    try:
         for label, step in _checkpoints_to_evaluate(config, manager):
             if (eval_dir / f"{label}.npz").exists():
-                say(f"{label} (step {step}): already evaluated, skipping")
+                ctx.reporter.message(f"{label} (step {step}): already evaluated, skipping")
                 continue
-            template = train.init_state(config, setup, abstract=True)
-            state = checkpoints.restore_step(manager, step, template).state
-            evaluate_checkpoint(config, setup, state, label, step, eval_dir, mesh, say)
-            parallel.sync(f"eval_{label}")
+            ctx.coord.barrier(f"restore_{label}")
+            template = experiment.init_state(config, ctx.exp, abstract=True)
+            state = checkpoints.restore_step(manager, step, template, sharding=sharding).state
+            evaluate_checkpoint(ctx, state, label, step, eval_dir)
+            ctx.coord.barrier(f"done_{label}")
+    finally:
         manager.close()
-    summary = _write_summary(eval_dir) if parallel.is_main_process() else {}
-    say(f"evaluation summary -> {eval_dir / 'summary.json'}")
-    return summary

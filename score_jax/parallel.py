@@ -37,7 +37,7 @@ def initialize_distributed(coordinator_address: Optional[str], num_processes: Op
             f"num_processes={num_processes!r}, process_id={process_id!r}.")
     if not 0 <= process_id < num_processes:
         raise InvalidInputError(f"process_id: expected 0 <= process_id < num_processes={num_processes}, "
-                         f"got {process_id}.")
+                                f"got {process_id}.")
     jax.distributed.initialize(coordinator_address=coordinator_address,
                                num_processes=num_processes, process_id=process_id)
 
@@ -115,3 +115,12 @@ def sync(name: str) -> None:
     """Barrier across processes (no-op for one process)."""
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(name)
+
+
+def params_digest(params: Any) -> str:
+    """sha256 of this process's replica of a pytree (to check that replicas agree across hosts)."""
+    import hashlib
+    h = hashlib.sha256()
+    for leaf in jax.tree_util.tree_leaves(params):
+        h.update(np.ascontiguousarray(np.asarray(leaf.addressable_data(0))).tobytes())
+    return h.hexdigest()

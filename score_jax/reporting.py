@@ -1,4 +1,4 @@
-"""Training reports: TensorBoard scalars (tensorboardX) and a tqdm progress bar with rate and ETA.
+"""What a person watches: messages, tqdm progress bars (rate and ETA) and TensorBoard scalars.
 
 Only the main process reports; elsewhere every call is a no-op, so the loops need no `if`.
 """
@@ -13,24 +13,52 @@ from typing import Mapping, Optional
 import numpy as np
 
 
-class Reporter:
-    """TensorBoard writer plus progress bar; `enabled=False` makes every method a no-op."""
+class Progress:
+    """A progress bar with rate and ETA on stderr (tqdm), or nothing when disabled."""
 
-    def __init__(self, logdir: str | pathlib.Path, *, total: int, initial: int = 0,
-                 enabled: bool = True, desc: str = "train", bar: bool = True):
+    def __init__(self, total: int, *, desc: str, unit: str, initial: int = 0,
+                 enabled: bool = True):
+        self._bar = None
+        if enabled:
+            from tqdm import tqdm
+            self._bar = tqdm(total=total, initial=initial, desc=desc, unit=unit,
+                             dynamic_ncols=True, file=sys.stderr, mininterval=1.0, smoothing=0.1)
+
+    def update(self, n: int = 1, postfix: Optional[Mapping[str, float]] = None) -> None:
+        """Advance by `n`, showing `postfix` (e.g. the loss) beside the bar."""
+        if self._bar is None:
+            return
+        if postfix:
+            self._bar.set_postfix({k: f"{float(v):.4g}" for k, v in postfix.items()},
+                                  refresh=False)
+        self._bar.update(n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Reporter:
+    """Messages, progress bars and (with a `logdir`) TensorBoard; `enabled=False`: all no-ops."""
+
+    def __init__(self, logdir: Optional[str | pathlib.Path] = None, *, enabled: bool = True):
         self.enabled = enabled
         self._writer = None
-        self._bar = None
-        self._last_step, self._last_time = initial, time.perf_counter()
-        if not enabled:
-            return
-        from tensorboardX import SummaryWriter  # imported here: a non-main process never needs it
-        self._writer = SummaryWriter(str(logdir))
-        if bar:
-            from tqdm import tqdm
-            self._bar = tqdm(total=total, initial=initial, desc=desc, unit="step",
-                             dynamic_ncols=True, file=sys.stderr, mininterval=1.0,
-                             smoothing=0.1)
+        self._last_step, self._last_time = 0, time.perf_counter()
+        if enabled and logdir is not None:
+            from tensorboardX import SummaryWriter  # a non-main process never needs it
+            self._writer = SummaryWriter(str(logdir))
+
+    def progress(self, total: int, *, desc: str, unit: str, initial: int = 0) -> Progress:
+        """A progress bar for `total` units of work (a no-op bar when disabled)."""
+        return Progress(total, desc=desc, unit=unit, initial=initial, enabled=self.enabled)
 
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
         """Write scalars to TensorBoard at `step`."""
@@ -39,6 +67,10 @@ class Reporter:
         for name, value in values.items():
             self._writer.add_scalar(name, float(np.asarray(value)), step)
 
+    def start_rate(self, step: int) -> None:
+        """Start the wall clock of `steps_per_second` at `step`."""
+        self._last_step, self._last_time = step, time.perf_counter()
+
     def steps_per_second(self, step: int) -> float:
         """Steps per second since the previous call (wall clock)."""
         now = time.perf_counter()
@@ -46,27 +78,16 @@ class Reporter:
         self._last_step, self._last_time = step, now
         return rate
 
-    def advance(self, n: int, postfix: Optional[Mapping[str, float]] = None) -> None:
-        """Move the progress bar on by `n` steps, showing `postfix` (e.g. the loss)."""
-        if self._bar is None:
-            return
-        if postfix:
-            self._bar.set_postfix({k: f"{float(v):.4g}" for k, v in postfix.items()},
-                                  refresh=False)
-        self._bar.update(n)
-
     def message(self, text: str) -> None:
-        """Print a line without breaking the progress bar."""
+        """Print a line on stdout (the run's log) without breaking a progress bar on stderr."""
         if not self.enabled:
             return
-        if self._bar is not None:
-            self._bar.write(text, file=sys.stderr)
-        else:
-            print(text, file=sys.stderr, flush=True)
+        from tqdm import tqdm
+        tqdm.write(text, file=sys.stdout)
+        sys.stdout.flush()
 
     def close(self) -> None:
-        """Flush and close the writer and the bar."""
-        if self._bar is not None:
-            self._bar.close()
+        """Flush and close the TensorBoard writer."""
         if self._writer is not None:
             self._writer.close()
+            self._writer = None

@@ -28,15 +28,28 @@ ADDITIONS = {
     "training.n_jitted_steps": 0, "training.nan_policy": "stop", "model.remat": False, "model.dtype": "float32",
     "model.ema_warmup": False, "data.data_dir": "", "data.download": False, "eval.bpd_num_repeats": 5,
     "sampling.ode_rtol": 1e-5, "sampling.ode_atol": 1e-5, "eval.bpd_rtol": 1e-5, "eval.bpd_atol": 1e-5,
-    "eval.sample_metrics": (),
+    "eval.sample_metrics": (), "training.snapshot_num_samples": 128, "data.tfrecords_path": "",
+}
+# The official TFRecords paths of the FFHQ / CelebA-HQ configs (data.tfrecords_path is official
+# there, an addition elsewhere).
+TFRECORDS = {
+    "ve/celebahq_256_ncsnpp_continuous": "/home/yangsong/ncsc/celebahq/r08.tfrecords",
+    "ve/ffhq_ncsnpp_continuous": "/raid/song/ffhq-dataset/ffhq/ffhq-r10.tfrecords",
+    "ve/ffhq_256_ncsnpp_continuous": "/home/yangsong/ncsc/ffhq/ffhq-r08.tfrecords",
+    "ve/celebahq_ncsnpp_continuous": "/atlas/u/yangsong/celeba_hq/-r10.tfrecords",
+    "vp/ddpm/celebahq": "/atlas/u/yangsong/celeba_hq/-r10.tfrecords",
 }
 # Where a config sets an addition on purpose: the official 1024x1024 files fix n_jitted_steps; the
 # digits base sets its CPU choices.
 ADDITION_EXCEPTIONS = {
-    "ve/celebahq_ncsnpp_continuous": {"training.n_jitted_steps": 1},
-    "ve/ffhq_ncsnpp_continuous": {"training.n_jitted_steps": 2},
+    **{name: {"data.tfrecords_path": path} for name, path in TFRECORDS.items()},
+    "ve/celebahq_ncsnpp_continuous": {"training.n_jitted_steps": 1,
+                                      "data.tfrecords_path": TFRECORDS["ve/celebahq_ncsnpp_continuous"]},
+    "ve/ffhq_ncsnpp_continuous": {"training.n_jitted_steps": 2,
+                                  "data.tfrecords_path": TFRECORDS["ve/ffhq_ncsnpp_continuous"]},
     **{name: {"model.ema_warmup": True, "eval.bpd_num_repeats": 1, "sampling.ode_rtol": 1e-3,
-              "sampling.ode_atol": 1e-3, "eval.bpd_rtol": 1e-3, "eval.bpd_atol": 1e-3}
+              "sampling.ode_atol": 1e-3, "eval.bpd_rtol": 1e-3, "eval.bpd_atol": 1e-3,
+              "training.snapshot_num_samples": 64}
        for name in DIGITS},
 }
 

@@ -1,46 +1,52 @@
-"""Multi-host: two processes on 127.0.0.1 joined by jax.distributed (one CPU device each) train the
-default model through the real `main.py`, agree bit for bit on their parameter replicas, and write
-one set of checkpoints (orbax writes from the primary process; the other only takes part)."""
+"""Multi-host: processes on 127.0.0.1 joined by jax.distributed (one CPU device each) run the real
+`main.py`. Training: the replicas agree bit for bit and one set of checkpoints is written (orbax
+writes from the primary process). Evaluation: two processes give the one-process test loss (float
+tolerance) and bits/dim (solver tolerance), only process 0 writes, and a process killed mid-run
+makes the other stop within seconds, naming it; the rerun resumes."""
 
-import os
-import pathlib
+import hashlib
+import json
 import re
-import socket
 import subprocess
-import sys
+import time
 
+import numpy as np
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-TINY = ["--config.model.nf=8", "--config.model.attn_resolutions=()", "--config.training.batch_size=16",
-        "--config.training.n_iters=4", "--config.training.snapshot_freq=2",
+from conftest import TINY_MODEL, free_port, main_cmd, main_env, run_main
+
+TINY = [*TINY_MODEL, "--config.training.n_iters=4", "--config.training.snapshot_freq=2",
         "--config.training.snapshot_freq_for_preemption=2", "--config.training.log_freq=2",
-        "--config.training.n_jitted_steps=1", "--config.training.snapshot_sampling=False"]
+        "--config.training.snapshot_sampling=False"]
+EVAL = [*TINY, "--config.eval.begin_ckpt=1", "--config.eval.end_ckpt=2",
+        "--config.eval.batch_size=64", "--config.eval.enable_sampling=False"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _start(args, env, n: int) -> list[subprocess.Popen]:
+    address = f"127.0.0.1:{free_port()}"
+    return [subprocess.Popen(
+        main_cmd(*args, f"--coordinator_address={address}", f"--num_processes={n}",
+                 f"--process_id={i}"),
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(n)]
 
 
-def test_two_processes_train_agree_and_write_one_checkpoint_set(tmp_path):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", TFDS_DATA_DIR=str(tmp_path / "tfds"))
-    env.pop("XLA_FLAGS", None)
-    workdir = tmp_path / "work"
-    address = f"127.0.0.1:{_free_port()}"
-    procs = [subprocess.Popen(
-        [sys.executable, str(ROOT / "main.py"), f"--workdir={workdir}", *TINY,
-         f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+def _finish(procs, timeout=280) -> list[tuple[str, str]]:
     outs = []
     for p in procs:
         try:
-            outs.append(p.communicate(timeout=280))
+            outs.append(p.communicate(timeout=timeout))
         except subprocess.TimeoutExpired:
             for q in procs:
                 q.kill()
             pytest.fail("multi-host run timed out")
+    return outs
+
+
+def test_two_processes_train_agree_and_write_one_checkpoint_set(tmp_path):
+    env = main_env(tmp_path)
+    workdir = tmp_path / "work"
+    procs = _start([f"--workdir={workdir}", *TINY], env, 2)
+    outs = _finish(procs)
     for p, (stdout, stderr) in zip(procs, outs):
         assert p.returncode == 0, stderr[-4000:]
     digests = {}
@@ -56,14 +62,72 @@ def test_two_processes_train_agree_and_write_one_checkpoint_set(tmp_path):
     # Only process 0 writes logs.
     assert len(list((workdir / "tensorboard").glob("events.out.tfevents.*"))) == 1
     # The checkpoint holds the agreed parameters.
-    sys.path.insert(0, str(ROOT))
-    from score_jax import checkpoints
-    import hashlib
     import jax
-    import numpy as np
+
+    from score_jax import checkpoints
     manager = checkpoints.open_manager(workdir / "checkpoints", snapshot_every=2, read_only=True)
     state, _ = checkpoints.restore_as_saved(manager, 4)
     h = hashlib.sha256()
     for leaf in jax.tree_util.tree_leaves(state["params"]):
         h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
     assert h.hexdigest() == digests[0][1]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A workdir with checkpoints at steps 2 and 4 (one process), and its environment."""
+    root = tmp_path_factory.mktemp("multihost_eval")
+    env, workdir = main_env(root), root / "work"
+    out = run_main([f"--workdir={workdir}", *TINY], env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return workdir, env
+
+
+def _results(workdir, folder) -> dict:
+    summary = json.loads((workdir / folder / "summary.json").read_text())
+    with np.load(workdir / folder / "ckpt_2.npz") as d:
+        return {**summary, "per_example": d["bpd_per_example"]}
+
+
+def test_two_process_eval_equals_one_process(trained):
+    workdir, env = trained
+    out = run_main([f"--workdir={workdir}", "--mode=eval", "--eval_folder=eval_1", *EVAL], env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    procs = _start([f"--workdir={workdir}", "--mode=eval", "--eval_folder=eval_2", *EVAL], env, 2)
+    for p, (_, stderr) in zip(procs, _finish(procs)):
+        assert p.returncode == 0, stderr[-3000:]
+    one, two = _results(workdir, "eval_1"), _results(workdir, "eval_2")
+    for label in ("ckpt_1", "ckpt_2"):
+        # Same examples, same noise keys: only the order of float sums may differ.
+        assert two[label]["loss"] == pytest.approx(one[label]["loss"], rel=1e-6)
+        # Each process solves its half with its own adaptive steps: the two agree to the solver's
+        # relative tolerance (eval.bpd_rtol = 1e-3 in the digits config).
+        assert two[label]["bpd"] == pytest.approx(one[label]["bpd"], rel=2e-3)
+    assert one["per_example"].shape == two["per_example"].shape == (1, 297)
+    np.testing.assert_allclose(two["per_example"], one["per_example"], rtol=1e-2)
+    # Only process 0 writes: one file per checkpoint and the summary, nothing per process.
+    assert sorted(p.name for p in (workdir / "eval_2").iterdir()) == \
+        ["ckpt_1.npz", "ckpt_2.npz", "summary.json"]
+
+
+def test_killed_process_stops_the_other_and_rerun_resumes(trained):
+    workdir, env = trained
+    args = [f"--workdir={workdir}", "--mode=eval", "--eval_folder=eval_kill", *EVAL]
+    procs = _start(args, env, 2)
+    deadline = time.time() + 240
+    while not (workdir / "eval_kill" / "ckpt_1.npz").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    assert (workdir / "eval_kill" / "ckpt_1.npz").exists(), "first checkpoint never evaluated"
+    procs[1].kill()
+    killed_at = time.time()
+    try:
+        _, stderr = procs[0].communicate(timeout=60)
+    finally:
+        procs[1].communicate()
+    assert procs[0].returncode not in (0, None)
+    assert time.time() - killed_at < 30
+    assert "process 1" in stderr and "Traceback" not in stderr, stderr[-3000:]
+    out = run_main(args, env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "ckpt_1 (step 2): already evaluated" in out.stdout
+    assert (workdir / "eval_kill" / "ckpt_2.npz").exists()

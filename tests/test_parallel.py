@@ -16,7 +16,7 @@ SCRIPT = r"""
 import json, sys
 import jax, numpy as np
 from configs.vp import digits_ddpmpp_continuous as c
-from score_jax import datasets, evaluate, likelihood, parallel, train
+from score_jax import datasets, experiment, likelihood, parallel, train
 from score_jax.models import score as score_lib
 
 config = c.get_config()
@@ -26,16 +26,17 @@ with config.unlocked():
     config.training.batch_size = 16
     config.optim.warmup = 0  # so that the first steps move the parameters
 assert jax.device_count() == 8, jax.devices()
-setup = train.build(config)
+setup = experiment.build(config)
 scaler = datasets.get_data_scaler(True)
 out = {}
 batch = next(datasets.eval_iterator("digits", image_size=8, global_batch_size=16, split="test",
                                     uniform_dequantization=True))
 host_state = None
+shard = lambda x, mesh: jax.device_put(x, parallel.batch_sharding(mesh))
 for name, devices in (("one", jax.devices()[:1]), ("eight", jax.devices())):
     mesh = parallel.make_mesh(devices)
-    state = parallel.replicate(train.init_state(config, setup), mesh)
-    single, _ = train.compile_steps(config, setup, mesh, 1)
+    state = parallel.replicate(experiment.init_state(config, setup), mesh)
+    single = train.compile_steps(config, setup, mesh, 1).single
     it = datasets.train_iterator("digits", image_size=8, global_batch_size=16, seed=0,
                                  random_flip=False)
     losses = []
@@ -47,13 +48,13 @@ for name, devices in (("one", jax.devices()[:1]), ("eight", jax.devices())):
     # bits/dim of the SAME parameters (the one-device run's), so only the sharding differs.
     host_state = host_state or parallel.to_host(state)
     params = jax.device_put((host_state.params_ema, host_state.model_state), parallel.replicated(mesh))
-    x = evaluate._shard(scaler(batch["image"]), mesh)
+    x = shard(scaler(batch["image"]), mesh)
     assert len(x.sharding.device_set) == len(devices)
     score_fn = score_lib.get_score_fn(setup.sde, setup.model.apply, *params, continuous=True)
     bpd = likelihood.bpd(jax.random.PRNGKey(3), setup.sde, score_fn, x, centered=True,
                          rtol=1e-5, atol=1e-5)
-    t = evaluate._shard(np.linspace(0.1, 0.9, 16, dtype=np.float32), mesh)
-    v = evaluate._shard(np.sign(np.random.RandomState(0).randn(16, 8, 8, 1)).astype(np.float32), mesh)
+    t = shard(np.linspace(0.1, 0.9, 16, dtype=np.float32), mesh)
+    v = shard(np.sign(np.random.RandomState(0).randn(16, 8, 8, 1)).astype(np.float32), mesh)
     drift, div = jax.jit(lambda x, t, v: likelihood.drift_and_divergence(
         setup.sde, score_fn, x, t, v))(x, t, v)
     out[name] = {"losses": losses, "params": np.concatenate(leaves).tolist(),

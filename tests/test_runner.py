@@ -19,27 +19,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-TINY = ["--config.model.nf=8", "--config.model.attn_resolutions=()", "--config.training.batch_size=16",
-        "--config.training.n_iters=8", "--config.training.snapshot_freq=4",
+from conftest import TINY_MODEL, main_cmd, main_env, run_main
+
+TINY = [*TINY_MODEL, "--config.training.n_iters=8", "--config.training.snapshot_freq=4",
         "--config.training.snapshot_freq_for_preemption=2", "--config.training.log_freq=2",
-        "--config.training.n_jitted_steps=1", "--config.eval.begin_ckpt=2", "--config.eval.end_ckpt=2",
-        "--config.eval.num_samples=16", "--config.eval.bpd_num_repeats=1"]
-
-
-def _env(root: pathlib.Path) -> dict:
-    env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)
-    env.update(JAX_COMPILATION_CACHE_DIR=str(root / "jax_cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-               TFDS_DATA_DIR=str(root / "tfds"), JAX_PLATFORMS="cpu")
-    return env
-
-
-def _main(args, env, timeout=300):
-    return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], env=env,
-                          capture_output=True, text=True, timeout=timeout)
+        "--config.eval.begin_ckpt=2", "--config.eval.end_ckpt=2", "--config.eval.num_samples=16",
+        "--config.eval.bpd_num_repeats=1"]
+_env, _main = main_env, run_main
 
 
 def _read_events(path: pathlib.Path) -> dict[str, list[float]]:
@@ -133,7 +119,9 @@ def test_user_errors_are_one_clean_message(trained):
     empty = root / "no_data"
     empty.mkdir(exist_ok=True)
     cases = {
-        "bad mode": ([f"--workdir={workdir}", "--mode=sample"], "mode"),
+        "bad mode": ([f"--workdir={workdir}", "--mode=bogus"], "mode"),
+        "missing config file": ([f"--workdir={workdir}", "--config=configs/vp/no_such_file.py"],
+                                "no_such_file.py"),
         "unknown config field": ([f"--workdir={workdir}", "--config.training.n_iterz=3"],
                                  "n_iterz"),
         "invalid config value": ([f"--workdir={workdir}", *TINY, "--config.training.sde=bogus"],
@@ -143,7 +131,7 @@ def test_user_errors_are_one_clean_message(trained):
         "unwritable workdir": ([f"--workdir={_unwritable(root)}", *TINY], "not writable"),
         "missing workdir parent": ([f"--workdir={root / 'nope' / 'work'}", *TINY], "parent"),
     }
-    procs = {name: subprocess.Popen([sys.executable, str(ROOT / "main.py"), *args], env=env,
+    procs = {name: subprocess.Popen(main_cmd(*args), env=env,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for name, (args, _) in cases.items()}
     for name, proc in procs.items():

@@ -2,14 +2,15 @@
 
 `get_model(config)` fills each dataclass field of the chosen module class from `config.model`, from
 `config.data` (image_size, num_channels, centered) and from the SDE fields the official models read
-(sigma_min, sigma_max, num_scales; they live in `config.model` in the official configs). Fields that
-the config lacks keep the class default. `init_model` reproduces the official `models/utils.init_model`.
+(sigma_min, sigma_max, num_scales; they live in `config.model` in the official configs). A field
+that no config of that architecture sets (e.g. `fourier_scale` with positional embeddings, where it
+is unused) keeps the class default. `init_model` reproduces the official `models/utils.init_model`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -36,12 +37,6 @@ _DATA_FIELDS = ("image_size", "num_channels", "centered")
 _SKIP_FIELDS = ("parent", "name")
 
 
-def _section(config: Any, name: str) -> Mapping[str, Any]:
-    """config.<name> as a mapping ({} if absent)."""
-    section = config.get(name) if hasattr(config, "get") else getattr(config, name, None)
-    return {} if section is None else section
-
-
 def _as_field_value(name: str, value: Any) -> Any:
     """Config value -> module field value: lists (e.g. from JSON) become tuples, dtype names dtypes."""
     if name == "dtype" and isinstance(value, str):
@@ -54,7 +49,7 @@ def _as_field_value(name: str, value: Any) -> Any:
 
 def model_kwargs(model_cls: type[nn.Module], config: Any) -> dict[str, Any]:
     """Keyword arguments for model_cls taken from config.model / config.data, for the fields present."""
-    model_cfg, data_cfg = _section(config, "model"), _section(config, "data")
+    model_cfg, data_cfg = config.model, config.data
     kwargs = {}
     for field in dataclasses.fields(model_cls):
         if field.name in _SKIP_FIELDS or not field.init:
@@ -71,7 +66,7 @@ def get_model(config: Any, **overrides: Any) -> nn.Module:
     Raises:
       ValueError: config.model.name is not in MODELS.
     """
-    name = _section(config, "model").get("name")
+    name = config.model.name
     if name not in MODELS:
         raise InvalidInputError(f"config.model.name: unknown model {name!r}; expected one of {sorted(MODELS)}.")
     model_cls = MODELS[name]
