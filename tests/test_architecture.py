@@ -49,3 +49,15 @@ def test_library_never_reads_flags(path):
 def test_modules_stay_small(path):
     n = len(path.read_text().splitlines())
     assert n <= 650, f"{path.name} has {n} lines; split it by concept"
+
+
+RUNTIME_MODES = ["train", "evaluate", "sample", "train_classifier", "fid_stats"]
+
+
+@pytest.mark.parametrize("name", [m for m in RUNTIME_MODES if (PACKAGE / f"{m}.py").exists()])
+def test_runtime_modes_do_not_import_each_other(name):
+    """train, evaluate, sample, ... sit side by side: what they share belongs in experiment.py."""
+    others = [f"score_jax.{m}" for m in RUNTIME_MODES if m != name]
+    bad = {m for m in _imports(PACKAGE / f"{name}.py")
+           if any(m == o or m.startswith(o + ".") for o in others)}
+    assert not bad, f"score_jax/{name}.py imports {sorted(bad)}"
