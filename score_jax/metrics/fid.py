@@ -194,9 +194,11 @@ def inception_score(logits: np.ndarray, splits: int = 1) -> float:
     log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
     scores = []
     for part in np.array_split(log_p, splits):
-        log_marginal = np.log(np.exp(part).mean(axis=0))
-        kl = np.sum(np.exp(part) * (part - log_marginal), axis=1)
-        scores.append(np.exp(kl.mean()))
+        p = np.exp(part)
+        marginal = p.mean(axis=0)
+        # Classes no sample uses have p = 0 and log p(y) = -inf: their terms are 0, not NaN.
+        log_ratio = np.where(p > 0, part - np.log(np.where(marginal > 0, marginal, 1.0)), 0.0)
+        scores.append(np.exp(np.sum(p * log_ratio, axis=1).mean()))
     return float(np.mean(scores))
 
 
