@@ -6,10 +6,11 @@ from the official values below — one process compiles value_and_grad of a squa
 each variant (remat off/on x float32/bfloat16 compute) and measures, side by side:
   - peak memory: compiled.memory_analysis(), temp + argument bytes (XLA's buffer assignment; it
     works on CPU, GPU and TPU without running the program);
-  - step time: median wall time of `repeats` calls of the compiled executable, after `warmup` calls.
+  - step time: median wall time of `repeats` calls of the compiled executable, after `warmup`
+    untimed calls, the variants of one architecture alternated call by call (steady state).
 The last line is the memory ratio remat / no remat (float32), per architecture.
 
-Usage: python bench/models.py [--batch 8] [--repeats 1] [--warmup 0] [--archs ddpmpp,ncsnpp]
+Usage: python bench/models.py [--batch 8] [--repeats 8] [--warmup 3] [--archs ddpmpp,ncsnpp]
        [--variants fp32,remat,bf16]   (also: remat+bf16)
        [--nf 128] [--num_res_blocks 4]   (smaller nf / blocks for a quick run; defaults are the official ones)
 """
@@ -77,36 +78,47 @@ def compile_step(model: NCSNpp, params: Any, x: jax.Array, labels: jax.Array, ke
     return jax.jit(jax.value_and_grad(loss)).lower(params, x, labels, key).compile()
 
 
-def measure(arch_kwargs: dict[str, Any], variant: dict[str, Any], batch: int, repeats: int,
-            warmup: int) -> dict[str, float]:
-    """Parameter count, compile time, peak bytes and median step time of one model variant."""
+def prepare(arch_kwargs: dict[str, Any], variant: dict[str, Any], batch: int) -> dict[str, Any]:
+    """Compile one model variant: its executable, arguments, parameter count, compile time, memory."""
     model = NCSNpp(**{**arch_kwargs, **variant})
     size, channels = arch_kwargs["image_size"], arch_kwargs["num_channels"]
     key = jax.random.PRNGKey(0)
     params = random_params(model, key, size, channels)
     x = jax.random.uniform(jax.random.PRNGKey(1), (batch, size, size, channels))
-    labels = jnp.linspace(0.02, 40.0, batch) if arch_kwargs["embedding_type"] == "fourier" else jnp.linspace(1.0, 990.0, batch)
+    fourier = arch_kwargs["embedding_type"] == "fourier"
+    labels = jnp.linspace(0.02, 40.0, batch) if fourier else jnp.linspace(1.0, 990.0, batch)
     start = time.perf_counter()
     compiled = compile_step(model, params, x, labels, key)
     compile_s = time.perf_counter() - start
     mem = compiled.memory_analysis()
-    for _ in range(warmup):
-        jax.block_until_ready(compiled(params, x, labels, key))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(compiled(params, x, labels, key))
-        times.append(time.perf_counter() - start)
-    return dict(params=sum(p.size for p in jax.tree_util.tree_leaves(params)), compile_s=compile_s,
+    return dict(run=lambda: jax.block_until_ready(compiled(params, x, labels, key)),
+                params=sum(p.size for p in jax.tree_util.tree_leaves(params)), compile_s=compile_s,
                 peak_mb=(mem.temp_size_in_bytes + mem.argument_size_in_bytes) / 2 ** 20,
-                temp_mb=mem.temp_size_in_bytes / 2 ** 20, step_s=statistics.median(times))
+                temp_mb=mem.temp_size_in_bytes / 2 ** 20, times=[])
+
+
+def time_variants(variants: dict[str, dict[str, Any]], repeats: int, warmup: int) -> None:
+    """Steady-state step times: `warmup` untimed calls each, then `repeats` rounds alternating order."""
+    for v in variants.values():
+        for _ in range(warmup):
+            v["run"]()
+    names = list(variants)
+    for r in range(repeats):
+        # Alternate the order of the variants so drifting machine load hits all of them alike.
+        for name in names if r % 2 == 0 else names[::-1]:
+            start = time.perf_counter()
+            variants[name]["run"]()
+            variants[name]["times"].append(time.perf_counter() - start)
+    for v in variants.values():
+        v["step_s"] = statistics.median(v["times"])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--warmup", type=int, default=0, help="untimed calls first (the executable is already compiled)")
+    parser.add_argument("--repeats", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=3,
+                        help="untimed calls first (the executable is already compiled)")
     parser.add_argument("--archs", default="ddpmpp,ncsnpp")
     parser.add_argument("--variants", default="fp32,remat,bf16")
     parser.add_argument("--nf", type=int, default=None)
@@ -118,9 +130,10 @@ def main() -> None:
         kwargs, source = architecture(arch)
         kwargs.update({k: v for k, v in (("nf", args.nf), ("num_res_blocks", args.num_res_blocks)) if v is not None})
         print(f"{arch} ({source}; nf={kwargs['nf']}, num_res_blocks={kwargs['num_res_blocks']})")
-        results = {}
-        for name in args.variants.split(","):
-            r = results[name] = measure(kwargs, VARIANTS[name], args.batch, args.repeats, args.warmup)
+        results = {name: prepare(kwargs, VARIANTS[name], args.batch)
+                   for name in args.variants.split(",")}
+        time_variants(results, args.repeats, args.warmup)
+        for name, r in results.items():
             print(f"  {name:11s} params {r['params']:>11,d}  peak {r['peak_mb']:8.1f} MB (temp {r['temp_mb']:8.1f})"
                   f"  step {r['step_s']:7.3f} s  compile {r['compile_s']:6.1f} s", flush=True)
         if "fp32" in results and "remat" in results:
