@@ -8,8 +8,13 @@ The official design keeps scipy's RMS error norm over all components; ours contr
 log-density apart (score_jax.likelihood, "Error control"), so it takes more steps and max|delta bpd|
 is mostly the official design's truncation error.
 
+`error_control='rms'` gives score_jax the official semantics (same steps, fewer evaluations).
+With `--reference TOL` every choice is also compared with a tight solve at rtol = atol = TOL
+(score_jax, stepped, per-part norm): max|delta bpd| vs that reference, the truncation error.
+
 Usage (repository root): PYTHONPATH=. python bench/likelihood.py [--repeats 3] [--with-diffeqsolve]
-The last line printed is the speed ratio official / ours.
+       [--batch 8] [--channels 32] [--tol 1e-5] [--reference 1e-7]
+The last lines printed are the speed ratios official / ours, for each error control.
 """
 
 from __future__ import annotations
@@ -91,22 +96,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--channels", type=int, default=32, help="width of the conv net")
+    parser.add_argument("--tol", type=float, default=1e-5, help="rtol = atol of every solve")
+    parser.add_argument("--reference", type=float, default=0.0,
+                        help="tolerance of a reference solve to measure truncation errors")
     parser.add_argument("--with-diffeqsolve", action="store_true",
                         help="also time method='diffeqsolve' (slow on CPU: the known trap)")
     args = parser.parse_args()
 
     sde = sde_lib.VPSDE()
     x = jnp.asarray(dequantised_batch(args.batch))
-    model = SmallConvNet()
+    model = SmallConvNet(args.channels)
     params = model.init(jax.random.PRNGKey(0), x[:1], jnp.zeros((1,)))["params"]
     score_fn = score_lib.get_score_fn(sde, model.apply, params, {}, continuous=True)
     key = jax.random.PRNGKey(1)
     noise = jax.random.rademacher(key, x.shape, dtype=x.dtype)  # what bpd draws from `key`
-    tol = dict(rtol=1e-5, atol=1e-5, eps=1e-5)
+    tol = dict(rtol=args.tol, atol=args.tol, eps=1e-5)
     offset = 7.0  # centred data: log2(1/2) + 8
 
-    runs = {"ours (auto=%s)" % likelihood.resolve_method("auto"):
+    auto = likelihood.resolve_method("auto")
+    runs = {f"ours (auto={auto})":
             lambda: likelihood.bpd(key, sde, score_fn, x, centered=True, **tol),
+            f"ours (auto={auto}, rms)": lambda: likelihood.bpd(
+                key, sde, score_fn, x, centered=True, error_control="rms", **tol),
             "official": lambda: official_bpd(sde, score_fn, x, noise, offset=offset, **tol)}
     if args.with_diffeqsolve:
         runs["ours (diffeqsolve)"] = lambda: likelihood.bpd(
@@ -120,16 +132,27 @@ def main() -> None:
             times[name].append(seconds)
 
     official_bits, official_nfe = results["official"]
+    reference = None
+    if args.reference:
+        ref = likelihood.bpd(key, sde, score_fn, x, centered=True, method="stepped",
+                             rtol=args.reference, atol=args.reference, eps=1e-5, max_steps=100000)
+        reference = np.asarray(ref.bpd)
+        print(f"reference: score_jax stepped, per-part norm, rtol = atol = {args.reference:.0e}, "
+              f"nfe {ref.nfe}, mean bpd {float(np.mean(reference)):.6f}")
+    print(f"batch {args.batch} x 32x32x3, conv net width {args.channels}, VP, rtol = atol = "
+          f"{args.tol:.0e}")
     for name in runs:
         bits, nfe = results[name][0], results[name][-1]
         delta = np.max(np.abs(np.asarray(bits) - np.asarray(official_bits)))
+        vs_ref = ("" if reference is None else
+                  f"  max|delta bpd| vs ref {np.max(np.abs(np.asarray(bits) - reference)):.2e}")
         print(f"{name:24s} median {statistics.median(times[name]):7.3f} s  "
               f"(all {', '.join(f'{s:.3f}' for s in times[name])})  nfe {nfe:4d}  "
-              f"mean bpd {float(np.mean(np.asarray(bits))):.5f}  max|delta bpd| {delta:.2e}")
-    ours = next(iter(runs))
-    ratio = statistics.median(times["official"]) / statistics.median(times[ours])
-    print(f"speed ratio official/ours: {ratio:.2f}x")
-
+              f"mean bpd {float(np.mean(np.asarray(bits))):.5f}  vs official {delta:.2e}{vs_ref}")
+    for name in runs:
+        if name != "official":
+            ratio = statistics.median(times["official"]) / statistics.median(times[name])
+            print(f"speed ratio official/{name}: {ratio:.2f}x")
 
 if __name__ == "__main__":
     main()

@@ -60,11 +60,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_jax import ode_stepper
-from score_jax import checks
+from score_jax import checks, ode_stepper
 from score_jax import sde as sde_lib
-from score_jax.errors import SolverError
-from score_jax.errors import InvalidInputError
+from score_jax.errors import InvalidInputError, SolverError
 
 Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]
@@ -73,7 +71,8 @@ HUTCHINSON = ("rademacher", "gaussian", "exact")
 METHODS = ("auto", "diffeqsolve", "stepped")
 
 __all__ = ["Likelihood", "BitsPerDim", "TracedLikelihood", "SolverError", "log_likelihood", "bpd",
-           "error_norm", "traced_log_likelihood", "HUTCHINSON", "METHODS", "resolve_method"]
+           "error_norm", "ERROR_CONTROLS", "traced_log_likelihood", "HUTCHINSON", "METHODS",
+           "resolve_method"]
 
 
 class Likelihood(NamedTuple):
@@ -152,6 +151,12 @@ def error_norm(scaled: tuple[Array, Array]) -> Array:
     return jnp.max(jnp.maximum(x_rms, jnp.abs(logp_err)))
 
 
+# error_control names -> step-error norms: 'per_part' (default, module doc "Error control") or
+# 'rms', the official scipy RK45 semantics (one RMS over all B (D + 1) components): fewer steps,
+# the log-density least controlled.
+ERROR_CONTROLS = {"per_part": error_norm, "rms": ode_stepper.rms_norm}
+
+
 # Evaluations outside diffrax's step counter (first-same-as-last: six per attempt): diffrax 0.7.2
 # makes one more, measured by counting score calls (tests/test_likelihood.py checks it).
 _DIFFRAX_EXTRA_NFE = 1
@@ -169,21 +174,24 @@ class TracedLikelihood(NamedTuple):
 
 def traced_log_likelihood(sde: sde_lib.SDE, score_fn: ScoreFn, x: Array, noise: Optional[Array], *,
                           rtol: Any = 1e-5, atol: Any = 1e-5, eps: Any = 1e-5,
-                          per_example: bool = False, max_steps: int = 4096) -> TracedLikelihood:
+                          per_example: bool = False, max_steps: int = 4096,
+                          error_control: str = "per_part") -> TracedLikelihood:
     """log p_eps(x) [B] as one traceable diffrax program, for use inside the caller's (sharded) jit.
 
     Same maths as `log_likelihood(method='diffeqsolve')` without the host-side checks: the caller
     must check `ok` (False: max_steps hit or non-finite values) once outside jit. noise [B, ...] is
     the Hutchinson noise, or None for the exact divergence. With per_example=False the batch is one
     ODE state, so sharding x over its batch axis needs no per-example control flow.
+    `error_control` names the step-error norm, as in `log_likelihood`.
     """
     vf = _AugmentedDrift(sde, score_fn, per_example)
+    norm = ERROR_CONTROLS[error_control]
     t0, t1, rtol, atol = (jnp.asarray(v, x.dtype) for v in (eps, sde.T, rtol, atol))
 
     def single(y0, noise):
         sol = diffrax.diffeqsolve(
             diffrax.ODETerm(vf), diffrax.Dopri5(), t0=t0, t1=t1, dt0=None, y0=y0, args=noise,
-            stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol, norm=error_norm),
+            stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol, norm=norm),
             saveat=diffrax.SaveAt(t1=True), max_steps=max_steps, throw=False)
         y1 = jax.tree_util.tree_map(lambda a: a[0], sol.ys)
         return y1, sol.stats["num_steps"], sol.result == diffrax.RESULTS.successful
@@ -200,12 +208,14 @@ def traced_log_likelihood(sde: sde_lib.SDE, score_fn: ScoreFn, x: Array, noise: 
 _traced_log_likelihood_jit = eqx.filter_jit(traced_log_likelihood)
 
 
-def _solve_diffrax(sde, score_fn, x, noise, eps, rtol, atol, per_example, max_steps):
+def _solve_diffrax(sde, score_fn, x, noise, eps, rtol, atol, per_example, max_steps,
+                   error_control):
     """Host wrapper of `traced_log_likelihood`: (logp, z, nfe), raising SolverError on failure."""
     # Tolerances and eps as arrays: traced, so changing them does not recompile.
     rtol, atol, eps_a = (jnp.asarray(v, x.dtype) for v in (rtol, atol, eps))
     out = _traced_log_likelihood_jit(sde, score_fn, x, noise, rtol=rtol, atol=atol, eps=eps_a,
-                                     per_example=per_example, max_steps=max_steps)
+                                     per_example=per_example, max_steps=max_steps,
+                                     error_control=error_control)
     nfe = int(out.nfe)
     if not bool(out.ok):
         reason = (f"hit max_steps={max_steps}; raise max_steps or loosen rtol/atol"
@@ -243,7 +253,7 @@ def _validate(sde, score_fn, x, hutchinson, rtol, atol, eps) -> None:
 def log_likelihood(key: Array, sde: sde_lib.SDE, score_fn: ScoreFn, x: Array, *,
                    hutchinson: str = "rademacher", rtol: float = 1e-5, atol: float = 1e-5,
                    eps: float = 1e-5, per_example: bool = False, method: str = "auto",
-                   max_steps: int = 4096) -> Likelihood:
+                   max_steps: int = 4096, error_control: str = "per_part") -> Likelihood:
     """log p_eps(x) [B] in nats by the probability-flow ODE from eps to T, for x [B, ...].
 
     Args:
@@ -259,6 +269,9 @@ def log_likelihood(key: Array, sde: sde_lib.SDE, score_fn: ScoreFn, x: Array, *,
       per_example: one adaptive step size per example instead of one for the batch (module doc).
       method: 'auto', 'diffeqsolve' or 'stepped' (module doc).
       max_steps: limit on step attempts.
+      error_control: 'per_part' (default: data RMS and log-density error apart, per example) or
+        'rms' (the official scipy semantics: one RMS over the whole batch state; fewer steps, a
+        less controlled log-density; module doc, "Error control").
 
     Returns:
       Likelihood(logp [B], z [B, ...], nfe): nfe = the number of (batched) drift+divergence
@@ -270,18 +283,20 @@ def log_likelihood(key: Array, sde: sde_lib.SDE, score_fn: ScoreFn, x: Array, *,
     """
     x = jnp.asarray(x)
     _validate(sde, score_fn, x, hutchinson, rtol, atol, eps)
+    error_control = checks.lookup("error_control", error_control, ERROR_CONTROLS)
     method = resolve_method(method)
     noise = _draw_noise(key, x, hutchinson)
     if method == "stepped":
         y0 = (x, jnp.zeros(x.shape[:1], x.dtype))
         sol = ode_stepper.solve(_AugmentedDrift(sde, score_fn, per_example), y0, float(eps),
-                                float(sde.T), noise, rtol=rtol, atol=atol, norm=error_norm,
+                                float(sde.T), noise, rtol=rtol, atol=atol,
+                                norm=ERROR_CONTROLS[error_control],
                                 max_steps=max_steps, batched=per_example)
         (z, delta), nfe = sol.y1, sol.nfe
         logp = _add_prior(sde, z, delta)
     else:
         logp, z, nfe = _solve_diffrax(sde, score_fn, x, noise, eps, rtol, atol, per_example,
-                                      max_steps)
+                                      max_steps, error_control)
     if not bool(jnp.all(jnp.isfinite(logp))):
         raise SolverError(f"log_likelihood: non-finite result for examples "
                           f"{np.flatnonzero(~np.isfinite(np.asarray(logp))).tolist()}; check "
@@ -303,7 +318,8 @@ def bpd(key: Array, sde: sde_lib.SDE, score_fn: ScoreFn, x: Array, *, centered: 
     Args:
       centered: data scaled to [-1, 1] (slope 1/2) instead of [0, 1] (slope 1).
       inverse_scaler_slope: d(inverse scaler)/dx, overriding `centered` for other scalings.
-      **kwargs: as `log_likelihood` (hutchinson, rtol, atol, eps, per_example, method, max_steps).
+      **kwargs: as `log_likelihood` (hutchinson, rtol, atol, eps, per_example, method, max_steps,
+        error_control).
 
     Returns:
       BitsPerDim(bpd [B], z [B, ...], nfe).
