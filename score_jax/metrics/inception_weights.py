@@ -9,7 +9,8 @@ Accepted files (`eval.inception_weights`):
   module names, `{'Mixed_5b': {'branch1x1': {'conv': {'kernel' [kh, kw, I, O]}, 'bn': {'scale',
   'bias', 'mean', 'var'}}}, ..., 'fc': {'kernel' [2048, 1008], 'bias'}}` (format read from
   their source; checked here against the network's shapes, as no copy of the file is at hand).
-- an `.npz` holding the pytorch-fid state dict under its own keys (`Mixed_5b.branch1x1.conv.weight`).
+- an `.npz` holding the pytorch-fid state dict under its own keys
+  (`Mixed_5b.branch1x1.conv.weight`).
 """
 
 from __future__ import annotations
@@ -105,7 +106,8 @@ def _load_zip_pth(path: str) -> dict[str, np.ndarray]:
     with zipfile.ZipFile(path) as archive:
         pkl = [n for n in archive.namelist() if n.endswith("data.pkl")]
         if len(pkl) != 1:
-            raise InvalidInputError(f"{path}: a torch zip checkpoint holds one data.pkl, found {pkl}")
+            raise InvalidInputError(
+                f"{path}: a torch zip checkpoint holds one data.pkl, found {pkl}")
         prefix = pkl[0][:-len("data.pkl")]
 
         def load_storage(pid: tuple) -> np.ndarray:
@@ -156,7 +158,8 @@ def load_pth(path: str | os.PathLike) -> dict[str, np.ndarray]:
 class _NumpyUnpickler(pickle.Unpickler):
     """Unpickles nested dicts of numpy arrays (the JAX ports' weight pickle); nothing else."""
 
-    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"),
+                ("numpy._core.multiarray", "_reconstruct"),
                 ("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict"),
                 ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar")}
 
@@ -244,7 +247,7 @@ def _expected_shapes() -> dict[str, tuple]:
 
 
 def check_variables(variables: dict, path: str) -> None:
-    """Raises InvalidInputError unless `variables` has exactly the FID Inception's names and shapes."""
+    """Raises InvalidInputError unless `variables` has the FID Inception's names and shapes."""
     want = _expected_shapes()
     got = {jax.tree_util.keystr(k): tuple(np.shape(v))
            for k, v in jax.tree_util.tree_flatten_with_path(variables)[0]}
