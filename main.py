@@ -8,6 +8,7 @@ Multi-host (GPU clusters): add --coordinator_address host:port --num_processes N
 every process; on a Cloud TPU pod pass --coordinator_address auto.
 """
 
+import logging as pylogging
 import os
 import sys
 
@@ -59,6 +60,27 @@ flags.DEFINE_integer("process_id", None, "Index of this process in a multi-host 
 flags.mark_flags_as_required(["workdir"])
 
 
+# Warnings that third-party libraries print on every run and that ask nothing of the user.
+_BENIGN_WARNINGS = (
+    "OpenCV is not installed",                     # tfds decodes PNGs with PIL instead: fine
+    "has no dataset_info.json",                    # tfds, while it writes the digits data set
+    "setting save_interval_steps=0",               # orbax, reading checkpoints for evaluation
+    "Given directory is read only",                # orbax, idem
+)
+
+
+class _DropBenign(pylogging.Filter):
+    def filter(self, record: pylogging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(text in message for text in _BENIGN_WARNINGS)
+
+
+def _quiet_third_party() -> None:
+    """Hide the benign warnings above (every handler, so absl's and Python's alike)."""
+    for handler in pylogging.getLogger().handlers:
+        handler.addFilter(_DropBenign())
+
+
 def _config():
     """The parsed config; a config file that does not exist or does not load is a user error."""
     try:
@@ -80,6 +102,7 @@ def main(argv, coordinator_slot: list) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+        _quiet_third_party()
     config = _config()
     # jax.distributed must be initialised before anything touches a JAX backend.
     from score_jax import coordination, parallel
