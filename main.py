@@ -19,7 +19,7 @@ from score_jax import errors
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CONFIG = os.path.join(_HERE, "configs", "vp", "digits_ddpmpp_continuous.py")
-MODES = ("train", "eval", "train_eval")
+MODES = ("train", "eval", "train_eval", "fid_stats")
 
 FLAGS = flags.FLAGS
 # Set SCORE_JAX_TRACEBACK=1 to see the stack trace of a user error as well as its message.
@@ -48,7 +48,8 @@ def _define_config_flag() -> None:
 _define_config_flag()
 flags.DEFINE_string("workdir", None, "Work directory: checkpoints, logs, samples.")
 flags.DEFINE_enum("mode", "train", MODES,
-                  "Running mode: train, eval, or train_eval (train, then evaluate the result).")
+                  "Running mode: train, eval, train_eval (train, then evaluate the result), or "
+                  "fid_stats (reference statistics of the data set for the sample metrics).")
 flags.DEFINE_string("eval_folder", "eval", "Folder name (under workdir) for evaluation results.")
 flags.DEFINE_string("init_from_official", None,
                     "Start from an official score_sde checkpoint file (train: initial parameters; "
@@ -117,6 +118,9 @@ def main(argv, coordinator_slot: list) -> None:
         from score_jax import evaluate
         evaluate.evaluate(config, FLAGS.workdir, FLAGS.eval_folder,
                           init_from_official=FLAGS.init_from_official, coordinator=coordinator)
+    if FLAGS.mode == "fid_stats":
+        from score_jax import fid_stats
+        fid_stats.fid_stats(config, FLAGS.workdir, coordinator=coordinator)
     coordinator.close()
 
 

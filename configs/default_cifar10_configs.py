@@ -53,11 +53,19 @@ def get_default_configs() -> ml_collections.ConfigDict:
     evaluate.bpd_dataset = 'test'
     # score_jax: passes over the bpd data set with fresh dequantisation noise (official: hard-coded 5).
     evaluate.bpd_num_repeats = 5
-    # Addition: tolerances of the bits/dim ODE solve (the official code fixes 1e-5),
-    # and the sample-quality metrics computed on the evaluation samples (none yet).
+    # score_jax: tolerances of the bits/dim ODE solve (the official code fixes 1e-5).
     evaluate.bpd_rtol = 1e-5
     evaluate.bpd_atol = 1e-5
-    evaluate.sample_metrics = ()
+    # score_jax: sample quality (with enable_sampling), as the official evaluator: IS, FID, KID of
+    # the FID Inception, whose weights are a local file (pytorch-fid's
+    # pt_inception-2015-12-05-6726825d.pth or the JAX ports' pickle), against reference
+    # statistics ('' = assets/stats/<name>_stats.npz, written by --mode fid_stats from
+    # stats_split). num_seeds > 1 repeats the sampling with fresh seeds (EDM), reporting each.
+    evaluate.sample_metrics = ('fid', 'is', 'kid')
+    evaluate.inception_weights = ''
+    evaluate.stats_file = ''
+    evaluate.stats_split = 'train'
+    evaluate.num_seeds = 1
 
     # data
     config.data = data = ml_collections.ConfigDict()

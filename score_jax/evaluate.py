@@ -15,7 +15,6 @@ only process 0 writes results.
 from __future__ import annotations
 
 import json
-import math
 import os
 import pathlib
 import time
@@ -25,15 +24,24 @@ import jax
 import ml_collections
 import numpy as np
 
-from score_jax import checkpoints, coordination, datasets, experiment, images, likelihood
-from score_jax import parallel, reporting, workdir as workdir_lib
-from score_jax.errors import InvalidInputError, MissingFileError
+from score_jax import (
+    checkpoints,
+    coordination,
+    datasets,
+    experiment,
+    images,
+    likelihood,
+    parallel,
+    plots,
+    reporting,
+    sample_quality,
+    sample_rounds,
+)
+from score_jax import workdir as workdir_lib
+from score_jax.errors import MissingFileError
 
 _LOSS_STREAM, _BPD_STREAM, _SAMPLE_STREAM = 0x1055, 0xB9D, 0x5A3C
 
-# Sample-quality metrics: name -> fn(samples uint8 [N, H, W, C], config) -> float. Names listed in
-# config.eval.sample_metrics are computed on the evaluation samples.
-SAMPLE_METRICS: dict[str, Callable[[np.ndarray, ml_collections.ConfigDict], float]] = {}
 
 
 class _Context:
@@ -44,6 +52,7 @@ class _Context:
         self.config, self.exp, self.coord, self.reporter = config, exp, coord, reporter
         self.mesh = parallel.make_mesh(jax.local_devices())  # evaluation is per process
         self.scaler = datasets.get_data_scaler(config.data.centered)
+        self.scorer = sample_quality.get_scorer(config) if config.eval.enable_sampling else None
 
     def shard(self, x: np.ndarray) -> jax.Array:
         """A local batch split over this process's devices."""
@@ -131,54 +140,39 @@ def bits_per_dim(ctx: _Context, params, model_state, key) -> tuple[np.ndarray, i
     return np.stack(repeats), nfe
 
 
-def _sample_rounds(ctx: _Context, params, model_state, out_dir: pathlib.Path, key) -> np.ndarray:
-    """Draw eval.num_samples in rounds of eval.batch_size (each process its share); uint8 [N, ...].
+def sample_and_score(ctx: _Context, params, model_state, out_dir: pathlib.Path, key,
+                     label: str) -> dict[str, Any]:
+    """eval.num_samples samples per seed (eval.num_seeds), their grid and their quality scores.
 
-    Each process writes each round it finishes to `out_dir/rounds/`, so a killed evaluation
-    resumes from the last finished round.
+    With several seeds (EDM's protocol) each seed's scores are reported as `<metric>_seed<s>`, and
+    `<metric>` is their mean, `<metric>_min` their minimum; one seed writes to out_dir itself.
     """
     ev = ctx.config.eval
-    total, per_round = int(ev.num_samples), int(ev.batch_size)
-    count, index = jax.process_count(), jax.process_index()
-    rounds = out_dir / "rounds"
-    if parallel.is_main_process():
-        rounds.mkdir(parents=True, exist_ok=True)
-    ctx.coord.barrier("sample_dir")
-    n_rounds = math.ceil(total / per_round)
-    with ctx.reporter.progress(n_rounds, desc="samples", unit="round") as bar:
-        for r in range(n_rounds):
-            path = rounds / f"round_{r}_p{index}.npz"
-            n = min(per_round, total - r * per_round)
-            local_n = n // count + (1 if index < n % count else 0)
-            if not path.exists() and local_n > 0:
-                sampler = experiment.get_sampler(ctx.config, ctx.exp.sde, ctx.exp.sampling_eps,
-                                                 ctx.exp.model, local_n)
-                # fold_in(key, r) for one process: the keys of the single-process evaluation.
-                x, nfe = sampler(jax.random.fold_in(key, r * count + index), params, model_state)
-                _save_npz(path, {"samples": images.to_uint8(x), "nfe": nfe})
-            bar.update(1)
-    ctx.coord.barrier("samples_written")
-    if not parallel.is_main_process():
-        return np.zeros((0,) + ctx.exp.image_shape, np.uint8)
-    chunks = []
-    for r in range(n_rounds):
-        for p in range(count):
-            path = rounds / f"round_{r}_p{p}.npz"
-            if path.exists():
-                with np.load(path) as d:
-                    chunks.append(d["samples"])
-    samples = np.concatenate(chunks)
-    images.save_samples(out_dir, "samples", samples.astype(np.float32) / 255.0)
-    return samples
-
-
-def sample_metrics(names, samples: np.ndarray, config) -> dict[str, float]:
-    """The SAMPLE_METRICS named in `names`, computed on uint8 samples [N, H, W, C]."""
-    unknown = [n for n in names if n not in SAMPLE_METRICS]
-    if unknown:
-        raise InvalidInputError(f"eval.sample_metrics: unknown metrics {unknown}; available: "
-                                f"{sorted(SAMPLE_METRICS)}.")
-    return {n: float(SAMPLE_METRICS[n](samples, config)) for n in names}
+    sampler = lambda k, n: experiment.get_sampler(  # noqa: E731
+        ctx.config, ctx.exp.sde, ctx.exp.sampling_eps, ctx.exp.model, n)(k, params, model_state)
+    seeds = int(ev.num_seeds)
+    per_seed = []
+    for s in range(seeds):
+        seed_dir = out_dir if seeds == 1 else out_dir / f"seed_{s}"
+        drawn = sample_rounds.draw_rounds(
+            sampler, jax.random.fold_in(key, s), seed_dir, total=int(ev.num_samples),
+            per_round=int(ev.batch_size), coord=ctx.coord, reporter=ctx.reporter,
+            features=ctx.scorer.features if ctx.scorer else None, desc=f"samples {label}")
+        if drawn is None:
+            continue
+        images.save_samples(seed_dir, "samples", drawn.samples.astype(np.float32) / 255.0)
+        scores = sample_quality.scores(ctx.scorer, drawn.features, drawn.logits) \
+            if ctx.scorer else {}
+        per_seed.append({**scores, "sample_nfe": drawn.nfe})
+    if not per_seed:
+        return {}
+    if seeds == 1:
+        return per_seed[0]
+    out = {f"{k}_seed{s}": v for s, entry in enumerate(per_seed) for k, v in entry.items()}
+    for k in per_seed[0]:
+        values = [entry[k] for entry in per_seed]
+        out.update({k: float(np.mean(values)), f"{k}_min": float(np.min(values))})
+    return out
 
 
 # --------------------------------------------------------------------------- results files
@@ -201,6 +195,24 @@ def _write_summary(eval_dir: pathlib.Path) -> dict[str, Any]:
     tmp.write_text(json.dumps(summary, indent=2, sort_keys=True))
     tmp.replace(eval_dir / "summary.json")
     return summary
+
+
+_PLOTTED = ("loss", "bpd", "fid", "fd_digits", "is", "is_digits", "kid")
+
+
+def _plot_summary(path: pathlib.Path, summary: Mapping[str, Mapping[str, float]]) -> None:
+    """PNG of each evaluated quantity against the training step, one panel each."""
+    entries = sorted((e for e in summary.values() if "step" in e), key=lambda e: e["step"])
+    charts = []
+    for name in _PLOTTED:
+        points = [(e["step"], e[name]) for e in entries if name in e]
+        if points:
+            xs, ys = zip(*points)
+            charts.append(plots.Chart(title=f"{name} vs training step",
+                                      series={name: (list(xs), list(ys))}, xlabel="step",
+                                      ylabel=name, log_x=False, log_y=False))
+    if charts:
+        plots.save_charts(str(path), charts)
 
 
 # --------------------------------------------------------------------------- driver
@@ -229,6 +241,7 @@ def evaluate_checkpoint(ctx: _Context, state, label: str, step: int,
     host = parallel.to_host((state.params_ema, state.model_state))
     params, model_state = jax.device_put(host, parallel.replicated(ctx.mesh))
     results: dict[str, Any] = {"step": step}
+    quality: dict[str, Any] = {}
     if ev.enable_loss:
         t0 = time.perf_counter()
         results["loss"] = eval_loss(ctx, params, model_state,
@@ -243,12 +256,15 @@ def evaluate_checkpoint(ctx: _Context, state, label: str, step: int,
         say(f"{label} (step {step}): bits/dim {results['bpd']:.4f} over {bpd.shape[1]} examples x "
             f"{bpd.shape[0]} repeats (max NFE {nfe}, {results['bpd_seconds']:.1f} s)")
     if ev.enable_sampling:
-        samples = _sample_rounds(ctx, *host, eval_dir / label,
-                                 jax.random.fold_in(key, _SAMPLE_STREAM))
-        if parallel.is_main_process():
-            results.update(sample_metrics(tuple(ev.sample_metrics), samples, ctx.config))
-            say(f"{label} (step {step}): {samples.shape[0]} samples -> {eval_dir / label}")
+        quality = sample_and_score(ctx, *host, eval_dir / label,
+                                   jax.random.fold_in(key, _SAMPLE_STREAM), label)
+        results.update(quality)
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in quality.items() if not k.startswith("class_"))
+        say(f"{label} (step {step}): {ev.num_samples} samples x {ev.num_seeds} seed(s) -> "
+            f"{eval_dir / label} ({shown})")
     if parallel.is_main_process():
+        if ctx.scorer is not None:
+            _save_npz(eval_dir / f"report_{label}.npz", quality)  # the official report file
         _save_npz(eval_dir / f"{label}.npz", results)
     return results
 
@@ -275,8 +291,12 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
         evaluate_checkpoint(ctx, state, "official", 0, eval_dir)
     else:
         _evaluate_workdir(ctx, path, eval_dir)
-    summary = _write_summary(eval_dir) if parallel.is_main_process() else {}
-    reporter.message(f"evaluation summary -> {eval_dir / 'summary.json'}")
+    summary = {}
+    if parallel.is_main_process():
+        summary = _write_summary(eval_dir)
+        _plot_summary(eval_dir / "metrics.png", summary)
+    reporter.message(f"evaluation summary -> {eval_dir / 'summary.json'}, curves -> "
+                     f"{eval_dir / 'metrics.png'}")
     return summary
 
 

@@ -21,10 +21,12 @@ from typing import Any, Callable, Optional
 import jax
 import ml_collections
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from score_jax import checkpoints, datasets, experiment, images, parallel, reporting
-from score_jax import train_state, workdir as workdir_lib
+from score_jax import sample_quality, train_state
+from score_jax import workdir as workdir_lib
 from score_jax.errors import InvalidInputError, NonFiniteError
 
 _SAMPLE_STREAM = 0x5A3B  # folded into the seed so snapshot samples never reuse a training key
@@ -118,6 +120,7 @@ class _Run:
     manager: Any
     preemption: _Preemption
     sampler: experiment.Sampler
+    scorer: Optional[sample_quality.Scorer]  # quality of snapshot samples, for TensorBoard
     reporter: reporting.Reporter
 
     @property
@@ -188,8 +191,14 @@ def _maybe_sample(run: _Run, start: int, loop: _Loop) -> None:
     t0 = time.perf_counter()
     x, nfe = run.sampler(key, params, model_state)
     png = images.save_samples(run.workdir / "samples" / f"iter_{loop.step}", "samples", x)
+    shown = ""
+    if run.scorer is not None:
+        scores = sample_quality.score_samples(run.scorer, images.to_uint8(x))
+        run.reporter.scalars(loop.step, {f"samples/{k}": v for k, v in scores.items()})
+        shown = ", " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()
+                                 if not k.startswith("class_"))
     run.reporter.message(f"step {loop.step}: {x.shape[0]} samples ({nfe} NFE, "
-                         f"{time.perf_counter() - t0:.1f} s) -> {png}")
+                         f"{time.perf_counter() - t0:.1f} s{shown}) -> {png}")
 
 
 def _restore_or_init(config, exp: experiment.Experiment, manager, mesh,
@@ -266,9 +275,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
                                                                    "step": step})
         sampler = experiment.get_sampler(config, exp.sde, exp.sampling_eps, exp.model,
                                          int(t.snapshot_num_samples))
+        # Snapshot quality only from a network that needs no user file (the digits classifier).
+        scorer = sample_quality.get_scorer(config) if (
+            t.snapshot_sampling and parallel.is_main_process()
+            and sample_quality.feature_net(config) == "digits") else None
         run = _Run(config, path, mesh, compile_steps(config, exp, mesh,
                                                      experiment.n_jitted_steps(config)),
-                   data, manager, preemption, sampler, reporter)
+                   data, manager, preemption, sampler, scorer, reporter)
         reporter.start_rate(step)
         loop = _loop(run, _Loop(step, state))
     finally:

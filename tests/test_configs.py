@@ -28,7 +28,9 @@ ADDITIONS = {
     "training.n_jitted_steps": 0, "training.nan_policy": "stop", "model.remat": False, "model.dtype": "float32",
     "model.ema_warmup": False, "data.data_dir": "", "data.download": False, "eval.bpd_num_repeats": 5,
     "sampling.ode_rtol": 1e-5, "sampling.ode_atol": 1e-5, "eval.bpd_rtol": 1e-5, "eval.bpd_atol": 1e-5,
-    "eval.sample_metrics": (), "training.snapshot_num_samples": 128, "data.tfrecords_path": "",
+    "eval.sample_metrics": ("fid", "is", "kid"), "training.snapshot_num_samples": 128,
+    "data.tfrecords_path": "", "eval.inception_weights": "", "eval.stats_file": "",
+    "eval.stats_split": "train", "eval.num_seeds": 1,
 }
 # The official TFRecords paths of the FFHQ / CelebA-HQ configs (data.tfrecords_path is official
 # there, an addition elsewhere).
@@ -49,7 +51,8 @@ ADDITION_EXCEPTIONS = {
                                   "data.tfrecords_path": TFRECORDS["ve/ffhq_ncsnpp_continuous"]},
     **{name: {"model.ema_warmup": True, "eval.bpd_num_repeats": 1, "sampling.ode_rtol": 1e-3,
               "sampling.ode_atol": 1e-3, "eval.bpd_rtol": 1e-3, "eval.bpd_atol": 1e-3,
-              "training.snapshot_num_samples": 64}
+              "training.snapshot_num_samples": 64,
+              "eval.sample_metrics": ("fd_digits", "is_digits", "class_histogram")}
        for name in DIGITS},
 }
 

@@ -91,6 +91,31 @@ def test_eval_writes_finite_bpd_loss_samples_and_summary(trained):
             assert d["bpd_per_example"].shape == (1, 297)
             assert np.isclose(d["bpd_per_example"].mean(), entry["bpd"])
         assert (workdir / "eval" / label / "samples.png").is_file()
+        # Sample quality by the digits classifier: a distance, a score in [1, 10], a histogram.
+        assert entry["fd_digits"] > 0 and 1 <= entry["is_digits"] <= 10
+        assert sum(entry[f"class_{c}"] for c in range(10)) == pytest.approx(1.0)
+        with np.load(workdir / "eval" / f"report_{label}.npz") as d:
+            assert float(d["fd_digits"]) == entry["fd_digits"]
+    assert Image.open(workdir / "eval" / "metrics.png").size[0] > 0
+
+
+def test_fid_stats_mode_gives_the_reference_of_the_digits_metrics(trained):
+    """Reference statistics written by --mode fid_stats (through the data pipeline) give the
+    FD-digits that evaluation computes from the train split on the fly (digits_net's own reader)."""
+    workdir, env, root = trained
+    stats = root / "stats" / "digits_stats.npz"
+    out = _main([f"--workdir={workdir}", "--mode=fid_stats", *TINY,
+                 f"--config.eval.stats_file={stats}"], env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    with np.load(stats) as d:
+        assert d["pool_3"].shape == (1500, 64) and d["sigma"].shape == (64, 64)
+    out = _main([f"--workdir={workdir}", "--mode=eval", "--eval_folder=eval_stats", *TINY,
+                 "--config.eval.enable_bpd=False", "--config.eval.enable_loss=False",
+                 f"--config.eval.stats_file={stats}"], env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    with_file = json.loads((workdir / "eval_stats" / "summary.json").read_text())["ckpt_2"]
+    on_the_fly = json.loads((workdir / "eval" / "summary.json").read_text())["ckpt_2"]
+    assert with_file["fd_digits"] == pytest.approx(on_the_fly["fd_digits"], rel=1e-6)
 
 
 def test_eval_is_resumable(trained):
