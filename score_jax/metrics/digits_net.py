@@ -95,11 +95,15 @@ def load_params(path: str | os.PathLike = WEIGHTS_PATH) -> dict:
     return params
 
 
+@jax.jit
+def _apply(params: dict, images: jax.Array) -> DigitsOutput:
+    """Classifier outputs of uint8 images; one module-level jit, so every call shares its cache."""
+    return DigitsClassifier().apply({"params": params}, to_input(images))
+
+
 def make_digits_fn(params: dict) -> Callable[[jax.Array], DigitsOutput]:
     """Jitted classifier outputs of uint8 images [N, 8, 8, 1] for fixed `params`."""
-    model = DigitsClassifier()
-    apply = jax.jit(lambda p, images: model.apply({"params": p}, to_input(images)))
-    return lambda images: apply(params, images)
+    return lambda images: _apply(params, images)
 
 
 def _check_digits(images: np.ndarray) -> None:
@@ -112,15 +116,20 @@ def _check_digits(images: np.ndarray) -> None:
 
 def digits_outputs(images: np.ndarray, params: dict | None = None,
                    batch_size: int = 500) -> DigitsOutput:
-    """Features [N, 64] and logits [N, 10] (numpy) of uint8 images [N, 8, 8, 1], in batches."""
+    """Features [N, 64] and logits [N, 10] (numpy) of uint8 images [N, 8, 8, 1], in batches.
+
+    Batches are padded to `batch_size` (padding dropped), so one shape compiles per batch size.
+    """
     images = np.asarray(images)
     _check_digits(images)
     fn = make_digits_fn(load_params() if params is None else params)
     feats, logits = [], []
     for start in range(0, len(images), batch_size):
-        out = fn(images[start:start + batch_size])
-        feats.append(np.asarray(out.features))
-        logits.append(np.asarray(out.logits))
+        batch = images[start:start + batch_size]
+        n = len(batch)
+        out = fn(np.concatenate([batch, np.zeros((batch_size - n, 8, 8, 1), np.uint8)]))
+        feats.append(np.asarray(out.features)[:n])
+        logits.append(np.asarray(out.logits)[:n])
     return DigitsOutput(np.concatenate(feats), np.concatenate(logits))
 
 

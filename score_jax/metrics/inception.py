@@ -226,18 +226,21 @@ def check_images(images: np.ndarray | jax.Array, name: str = "images") -> None:
             "np.clip(np.round(x * 255), 0, 255).astype(np.uint8) first.")
 
 
+@jax.jit
+def _apply(variables: dict, images: jax.Array) -> InceptionOutput:
+    """The network on uint8 images; one module-level jit, so every caller shares its cache."""
+    return FIDInception().apply(variables, preprocess(images))
+
+
 def make_inception_fn(variables: dict) -> Callable[[jax.Array], InceptionOutput]:
     """Jitted features of uint8 images [N, H, W, C] -> InceptionOutput, for fixed `variables`.
 
     `variables` is {'params': ..., 'batch_stats': ...} as `load_inception_params` returns it.
     The variables are an argument of the compiled function, not constants folded into it.
     """
-    model = FIDInception()
-    apply = jax.jit(lambda v, images: model.apply(v, preprocess(images)))
-
     def inception_fn(images: jax.Array) -> InceptionOutput:
         check_images(images)
-        return apply(variables, images)
+        return _apply(variables, images)
 
     return inception_fn
 
