@@ -14,7 +14,8 @@ from typing import Sequence
 from PIL import Image, ImageDraw, ImageFont
 
 COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
-          "#7f7f7f", "#bcbd22", "#17becf", "#000000", "#aec7e8"]
+          "#7f7f7f", "#bcbd22", "#17becf", "#aec7e8", "#98df8a"]
+HLINE_COLORS = ["#000000", "#b00000", "#00a000", "#a0a0a0", "#0000b0"]   # dashed baselines
 _PANEL = (560, 420)
 _MARGIN = dict(left=64, right=16, top=30, bottom=46)
 
@@ -98,7 +99,7 @@ def _draw_panel(draw: ImageDraw.ImageDraw, chart: Chart, x0: int, font) -> None:
             draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=color)
         legend.append((label, color, False))
     for j, (label, value) in enumerate(chart.hlines.items()):
-        color = COLORS[(len(chart.series) + j) % len(COLORS)]
+        color = HLINE_COLORS[j % len(HLINE_COLORS)]
         _, y = px(xlo, value)
         for x in range(int(left), int(right), 10):
             draw.line([x, y, min(x + 5, right), y], fill=color, width=2)

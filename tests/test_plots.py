@@ -19,8 +19,8 @@ def test_save_charts_draws_every_series_and_baseline(tmp_path):
     image = np.asarray(Image.open(path).convert("RGB"))
     assert image.shape == (plots._PANEL[1], 2 * plots._PANEL[0], 3)
     left, right = image[:, : plots._PANEL[0]], image[:, plots._PANEL[0]:]
-    for k in range(3):   # two series and the dashed baseline in the first panel
-        assert (left == _rgb(plots.COLORS[k])).all(axis=-1).sum() > 50
+    for color in plots.COLORS[:2] + plots.HLINE_COLORS[:1]:   # two series and a baseline
+        assert (left == _rgb(color)).all(axis=-1).sum() > 50
     assert (right == _rgb(plots.COLORS[0])).all(axis=-1).sum() > 50
 
 
