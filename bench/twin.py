@@ -18,7 +18,8 @@ replaces `torch.utils.cpp_extension.load` before importing them, so their own pu
 CPU tensors run instead. Without `--official` and `--torch_python` (torch is not a dependency of
 score_jax) the PyTorch side is skipped with a message. `--baseline_xla_flags` adds a second
 score_jax side with other XLA flags (e.g. "" for XLA's defaults), to measure flag choices the same
-way.
+way. On a machine loaded by other processes torch's OpenMP threads wait on each other at every
+barrier; compare with `--threads 1` too (the faster torch setting is the fair one).
 
 Configs: 'cifar10' = configs/vp/cifar10_ddpmpp_continuous at batch 8, 'digits' =
 configs/vp/digits_ddpmpp_continuous at batch 64 (the official side takes the official CIFAR-10
@@ -141,7 +142,7 @@ def _torch_worker(official: str, fields: dict, batch: int, warmup: int, threads:
     x = torch.rand(batch, d.num_channels, d.image_size, d.image_size) * 2 - 1
 
     def step_once():
-        float(step_fn(state, x))
+        float(step_fn(state, x).detach())
 
     _serve(step_once, warmup)
 
@@ -199,7 +200,7 @@ def _compare(name: str, args, torch_ready: bool) -> None:
                           dict(base, XLA_FLAGS=args.baseline_xla_flags), ROOT))
     if torch_ready:
         fields = json.dumps(_config_fields(config_module))
-        sides.append(Side("pytorch (official)",
+        sides.append(Side(f"pytorch (official, {args.threads or os.cpu_count()} thr)",
                           [args.torch_python, me, "--worker", "torch", "--official",
                            args.official, "--fields", fields, *common],
                           dict(os.environ, PYTHONPATH=args.official), pathlib.Path(args.official)))
