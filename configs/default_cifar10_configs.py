@@ -23,6 +23,9 @@ def get_default_configs() -> ml_collections.ConfigDict:
     # score_jax: samples drawn at each snapshot (official: one training batch).
     training.snapshot_num_samples = 128
     training.likelihood_weighting = False
+    # score_jax: ScoreFlow's importance-sampled t for likelihood_weighting (same expected loss,
+    # lower variance).
+    training.importance_weighting = False
     training.continuous = True
     # score_jax: 0 = choose by backend (1 on CPU, where convolution gradients inside a compiled
     # multi-step loop run ~10x slower, see DESIGN.md; 5 on GPU/TPU). The official default is 5.
@@ -40,6 +43,20 @@ def get_default_configs() -> ml_collections.ConfigDict:
     # score_jax: tolerances of the adaptive probability-flow ODE sampler (the official code fixes 1e-5).
     sampling.ode_rtol = 1e-5
     sampling.ode_atol = 1e-5
+    # score_jax: the few-step solvers (sampling.method = 'ddim', 'dpm_solver', 'dpm_solver++',
+    # 'heun', 'euler' or 'adaptive_sde'): score evaluations (denoising included; the budget of
+    # 'adaptive_sde'), and their options, '' or 0 meaning the solver's default (see
+    # sampling.fast_sample): order, dpm_method ('singlestep' | 'multistep'), skip_type
+    # ('logSNR' | 'time_uniform' | 'time_quadratic' | 'edm'), eta (DDIM), s_churn (EDM),
+    # rel_tol / abs_tol (adaptive_sde).
+    sampling.nfe = 20
+    sampling.order = 0
+    sampling.dpm_method = ''
+    sampling.skip_type = ''
+    sampling.eta = 0.0
+    sampling.s_churn = 0.0
+    sampling.rel_tol = 0.0
+    sampling.abs_tol = 0.0
 
     # evaluation
     config.eval = evaluate = ml_collections.ConfigDict()
@@ -56,6 +73,9 @@ def get_default_configs() -> ml_collections.ConfigDict:
     # score_jax: tolerances of the bits/dim ODE solve (the official code fixes 1e-5).
     evaluate.bpd_rtol = 1e-5
     evaluate.bpd_atol = 1e-5
+    # score_jax: dequantisation noise of bits/dim: 'uniform' (official) or 'truncated_normal'
+    # (ScoreFlow's bound with a non-uniform noise density; its log-density term is added).
+    evaluate.dequantization = 'uniform'
     # score_jax: sample quality (with enable_sampling), as the official evaluator: IS, FID, KID of
     # the FID Inception, whose weights are a local file (pytorch-fid's
     # pt_inception-2015-12-05-6726825d.pth or the JAX ports' pickle), against reference

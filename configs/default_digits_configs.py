@@ -24,6 +24,9 @@ def get_default_configs() -> ml_collections.ConfigDict:
     # score_jax: samples drawn at each snapshot (official: one training batch).
     training.snapshot_num_samples = 64
     training.likelihood_weighting = False
+    # score_jax: ScoreFlow's importance-sampled t for likelihood_weighting (same expected loss,
+    # lower variance).
+    training.importance_weighting = False
     training.continuous = True
     # 0 = choose by backend (1 on CPU, 5 on GPU/TPU); see default_cifar10_configs.py.
     training.n_jitted_steps = 0
@@ -39,6 +42,20 @@ def get_default_configs() -> ml_collections.ConfigDict:
     sampling.snr = 0.16
     sampling.ode_rtol = 1e-3
     sampling.ode_atol = 1e-3
+    # score_jax: the few-step solvers (sampling.method = 'ddim', 'dpm_solver', 'dpm_solver++',
+    # 'heun', 'euler' or 'adaptive_sde'): score evaluations (denoising included; the budget of
+    # 'adaptive_sde'), and their options, '' or 0 meaning the solver's default (see
+    # sampling.fast_sample): order, dpm_method ('singlestep' | 'multistep'), skip_type
+    # ('logSNR' | 'time_uniform' | 'time_quadratic' | 'edm'), eta (DDIM), s_churn (EDM),
+    # rel_tol / abs_tol (adaptive_sde).
+    sampling.nfe = 20
+    sampling.order = 0
+    sampling.dpm_method = ''
+    sampling.skip_type = ''
+    sampling.eta = 0.0
+    sampling.s_churn = 0.0
+    sampling.rel_tol = 0.0
+    sampling.abs_tol = 0.0
 
     # evaluation: checkpoint n is the snapshot at step n * snapshot_freq; the quick start
     # evaluates only the last one (2 = step 1000). One batch of 304 covers the 297 test digits.
@@ -56,6 +73,9 @@ def get_default_configs() -> ml_collections.ConfigDict:
     # the quick start evaluates in under a minute.
     evaluate.bpd_rtol = 1e-3
     evaluate.bpd_atol = 1e-3
+    # score_jax: dequantisation noise of bits/dim: 'uniform' (official) or 'truncated_normal'
+    # (ScoreFlow's bound with a non-uniform noise density; its log-density term is added).
+    evaluate.dequantization = 'uniform'
     # Sample quality by the shipped digits classifier (not FID: no Inception offline): the
     # Frechet distance of its features to the train split's, its Inception-Score formula and the
     # class histogram. stats_file '' = computed from the train split on the fly.

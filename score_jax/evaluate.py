@@ -24,23 +24,13 @@ import jax
 import ml_collections
 import numpy as np
 
-from score_jax import (
-    checkpoints,
-    coordination,
-    datasets,
-    experiment,
-    images,
-    likelihood,
-    parallel,
-    plots,
-    reporting,
-    sample_quality,
-    sample_rounds,
-)
+from score_jax import checkpoints, coordination, datasets, dequantization, experiment, images
+from score_jax import likelihood, parallel, plots, reporting, sample_quality, sample_rounds
 from score_jax import workdir as workdir_lib
-from score_jax.errors import MissingFileError
+from score_jax.errors import InvalidInputError, MissingFileError
 
 _LOSS_STREAM, _BPD_STREAM, _SAMPLE_STREAM = 0x1055, 0xB9D, 0x5A3C
+DEQUANTIZATIONS = ("uniform", "truncated_normal")
 
 
 
@@ -120,19 +110,27 @@ def bits_per_dim(ctx: _Context, params, model_state, key) -> tuple[np.ndarray, i
     ev = ctx.config.eval
     score_fn = experiment.get_score_fn(ctx.config, ctx.exp.sde, ctx.exp.model, params,
                                        model_state)
+    if ev.dequantization not in DEQUANTIZATIONS:
+        raise InvalidInputError(f"eval.dequantization: expected one of {DEQUANTIZATIONS}, got "
+                                f"{ev.dequantization!r}.")
+    uniform = ev.dequantization == "uniform"
     repeats, max_nfe = [], 0
     n = _num_batches(ctx.config) * int(ev.bpd_num_repeats)
     with ctx.reporter.progress(n, desc="bits/dim", unit="batch") as bar:
         for r in range(int(ev.bpd_num_repeats)):
             values, masks = [], []
-            for b, batch in enumerate(ctx.batches(int(ctx.config.seed) + 1 + r, True)):
+            for b, batch in enumerate(ctx.batches(int(ctx.config.seed) + 1 + r, uniform)):
+                x, correction = batch["image"], 0.0
+                if not uniform:  # ScoreFlow's truncated-normal noise, and its density's bound term
+                    rng = np.random.default_rng([int(ctx.config.seed), r, b, jax.process_index()])
+                    x, log_q = dequantization.dequantize_truncated_normal(images.to_uint8(x), rng)
+                    correction = dequantization.bpd_correction(log_q, int(np.prod(x.shape[1:])))
                 k = jax.random.fold_in(jax.random.fold_in(key, r), b)
-                out = likelihood.bpd(k, ctx.exp.sde, score_fn,
-                                     ctx.shard(ctx.scaler(batch["image"])),
+                out = likelihood.bpd(k, ctx.exp.sde, score_fn, ctx.shard(ctx.scaler(x)),
                                      centered=ctx.config.data.centered, rtol=float(ev.bpd_rtol),
                                      atol=float(ev.bpd_atol))
                 max_nfe = max(max_nfe, int(out.nfe))
-                values.append(np.asarray(out.bpd))
+                values.append(np.asarray(out.bpd) + correction)
                 masks.append(batch["mask"])
                 bar.update(1, {"nfe": int(out.nfe)})
             repeats.append(ctx.gather_examples(f"bpd_{r}", values, masks))

@@ -25,7 +25,11 @@ from score_jax.models import score as score_lib
 Config = ml_collections.ConfigDict
 # The official sampling eps: where the reverse-time solve stops.
 SAMPLING_EPS = {"vesde": 1e-5, "vpsde": 1e-3, "subvpsde": 1e-3}
-SAMPLING_METHODS = ("pc", "ode")
+SAMPLING_METHODS = ("pc", "ode") + tuple(sampling.FAST_SOLVERS)
+# Config fields of the few-step solvers (sampling.<field>) -> fast_sample option; an empty value
+# ('' or 0) keeps the solver's own default.
+_FAST_OPTIONS = {"order": "order", "dpm_method": "method", "skip_type": "skip_type", "eta": "eta",
+                 "s_churn": "s_churn", "rel_tol": "rel_tol", "abs_tol": "abs_tol"}
 # Sampler(key, params, model_state) -> (images [n, H, W, C] in [0, 1] on the host, nfe).
 Sampler = Callable[[jax.Array, Any, Any], tuple[np.ndarray, int]]
 
@@ -59,6 +63,7 @@ def get_loss_fn(config: Config, sde: sde_lib.SDE, model, *, train: bool) -> loss
     t = config.training
     return losses.get_loss_fn(sde, model.apply, train=train, reduce_mean=t.reduce_mean,
                               continuous=t.continuous, likelihood_weighting=t.likelihood_weighting,
+                              importance_weighting=t.importance_weighting,
                               data_shape=image_shape(config))
 
 
@@ -87,7 +92,22 @@ def check_sampling(config: Config) -> str:
     if method == "pc":
         sampling.get_predictor(config.sampling.predictor)
         sampling.get_corrector(config.sampling.corrector)
+    if method in sampling.FAST_SOLVERS:
+        fast_options(config)
     return method
+
+
+def fast_options(config: Config) -> dict[str, Any]:
+    """The options of sampling.method's few-step solver set in config.sampling (non-empty ones)."""
+    s = config.sampling
+    defaults = sampling.FAST_SOLVERS[s.method][0]
+    options = {}
+    for field, option in _FAST_OPTIONS.items():
+        value = s[field]
+        if value in ("", 0, 0.0) or option not in defaults:
+            continue
+        options[option] = value
+    return options
 
 
 def get_sampler(config: Config, sde: sde_lib.SDE, eps: float, model, n: int) -> Sampler:
@@ -104,6 +124,10 @@ def get_sampler(config: Config, sde: sde_lib.SDE, eps: float, model, n: int) -> 
         if method == "ode":
             x, nfe = sampling.ode_sample(key, sde, score_fn, shape, rtol=s.ode_rtol,
                                          atol=s.ode_atol, eps=eps, denoise=s.noise_removal)
+        elif method in sampling.FAST_SOLVERS:
+            x, nfe = sampling.fast_sample(key, sde, score_fn, shape, solver=method, nfe=s.nfe,
+                                          eps=eps, denoise=s.noise_removal,
+                                          **fast_options(config))
         else:
             x, nfe = sampling.pc_sample(key, sde, score_fn, shape, predictor=s.predictor,
                                         corrector=s.corrector, snr=s.snr, n_steps=s.n_steps_each,

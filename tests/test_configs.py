@@ -30,7 +30,10 @@ ADDITIONS = {
     "sampling.ode_rtol": 1e-5, "sampling.ode_atol": 1e-5, "eval.bpd_rtol": 1e-5, "eval.bpd_atol": 1e-5,
     "eval.sample_metrics": ("fid", "is", "kid"), "training.snapshot_num_samples": 128,
     "data.tfrecords_path": "", "eval.inception_weights": "", "eval.stats_file": "",
-    "eval.stats_split": "train", "eval.num_seeds": 1,
+    "eval.stats_split": "train", "eval.num_seeds": 1, "sampling.nfe": 20, "sampling.order": 0,
+    "sampling.dpm_method": "", "sampling.skip_type": "", "sampling.eta": 0.0, "sampling.s_churn": 0.0,
+    "sampling.rel_tol": 0.0, "sampling.abs_tol": 0.0, "training.importance_weighting": False,
+    "eval.dequantization": "uniform",
 }
 # The official TFRecords paths of the FFHQ / CelebA-HQ configs (data.tfrecords_path is official
 # there, an addition elsewhere).

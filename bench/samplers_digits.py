@@ -1,0 +1,110 @@
+"""Sample quality against NFE on a trained digits model (part b of bench/samplers.py), one run.
+
+Every sampler starts from the same prior draw (same key) on the EMA parameters of a checkpoint of
+the quick start, and is scored by FD-digits (the digits classifier's Frechet distance to the
+train split; lower is better), IS-digits and the share of the most frequent class. The real test
+split gives the floor. Writes <out>/samplers_digits.{png,md}.
+
+Usage: bash run.sh bench/samplers_digits.py --workdir digits_run [--n 512] [--step 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import jax
+import numpy as np
+
+from configs.vp import digits_ddpmpp_continuous
+from score_jax import checkpoints, datasets, experiment, images, plots, sampling, sample_quality
+from score_jax.metrics import digits_net
+
+# label -> sampler(key, sde, score_fn, shape, eps) -> (x, nfe)
+FAST = {
+    "dpm_solver-3 single, time_quadratic": dict(solver="dpm_solver", order=3,
+                                                method="singlestep", skip_type="time_quadratic"),
+    "dpm_solver++-2 multi, logSNR": dict(solver="dpm_solver++", order=2, method="multistep"),
+    "dpm_solver++-3 multi, time_quadratic": dict(solver="dpm_solver++", order=3,
+                                                 method="multistep", skip_type="time_quadratic"),
+    "ddim (eta 0)": dict(solver="ddim"),
+    "heun (EDM, rho 7)": dict(solver="heun"),
+}
+NFES = (10, 20, 40)
+
+
+def _samplers(nfes):
+    for label, options in FAST.items():
+        for nfe in nfes:
+            yield label, lambda k, sde, f, shape, eps, o=options, n=nfe: sampling.fast_sample(
+                k, sde, f, shape, nfe=n, eps=eps, **o)
+    yield "ODE RK45 1e-3 (config)", lambda k, sde, f, shape, eps: sampling.ode_sample(
+        k, sde, f, shape, rtol=1e-3, atol=1e-3, eps=eps)
+    yield "ODE RK45 1e-5", lambda k, sde, f, shape, eps: sampling.ode_sample(
+        k, sde, f, shape, rtol=1e-5, atol=1e-5, eps=eps)
+    yield "PC-1000 EM (official VP)", lambda k, sde, f, shape, eps: sampling.pc_sample(
+        k, sde, f, shape, predictor="euler_maruyama", corrector="none", eps=eps)
+    yield "PC-1000 RD+Langevin", lambda k, sde, f, shape, eps: sampling.pc_sample(
+        k, sde, f, shape, predictor="reverse_diffusion", corrector="langevin", eps=eps)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", default="digits_run")
+    parser.add_argument("--step", type=int, default=1000)
+    parser.add_argument("--n", type=int, default=512)
+    parser.add_argument("--out", default="bench/results")
+    args = parser.parse_args()
+    config = digits_ddpmpp_continuous.get_config()
+    exp = experiment.build(config)
+    manager = checkpoints.open_manager(os.path.join(args.workdir, "checkpoints"),
+                                       snapshot_every=config.training.snapshot_freq,
+                                       read_only=True)
+    state = checkpoints.restore_step(manager, args.step,
+                                     experiment.init_state(config, exp, abstract=True)).state
+    score_fn = experiment.get_score_fn(config, exp.sde, exp.model, state.params_ema,
+                                       state.model_state)
+    scorer = sample_quality.get_scorer(config)
+    inverse = datasets.get_data_inverse_scaler(True)
+    shape = (args.n,) + exp.image_shape
+    key = jax.random.PRNGKey(0)
+    test, _ = digits_net.digits_split("test")
+    floor = sample_quality.score_samples(scorer, test)["fd_digits"]
+    print(f"floor: FD-digits of the {len(test)} real test digits = {floor:.2f}", flush=True)
+    rows = []
+    for label, run in _samplers(NFES):
+        t0 = time.perf_counter()
+        x, nfe = run(key, exp.sde, score_fn, shape, exp.sampling_eps)
+        x = images.to_uint8(np.clip(np.asarray(inverse(x)), 0, 1))
+        seconds = time.perf_counter() - t0
+        s = sample_quality.score_samples(scorer, x)
+        top = max(s[f"class_{c}"] for c in range(10))
+        rows.append((label, int(nfe), s["fd_digits"], s["is_digits"], top, seconds))
+        print(f"  {label:38s} nfe {int(nfe):5d}  FD-digits {s['fd_digits']:7.2f}  IS-digits "
+              f"{s['is_digits']:5.2f}  top class {top:.2f}  {seconds:6.1f} s (incl. compile)",
+              flush=True)
+    os.makedirs(args.out, exist_ok=True)
+    table = ["| sampler | NFE | FD-digits | IS-digits | top class share | s (incl. compile) |",
+             "|---|---|---|---|---|---|"]
+    table += [f"| {r[0]} | {r[1]} | {r[2]:.2f} | {r[3]:.2f} | {r[4]:.2f} | {r[5]:.1f} |"
+              for r in rows]
+    table.append(f"\nFloor (real test digits): FD-digits {floor:.2f}; {args.n} samples each, "
+                 f"checkpoint step {args.step}.")
+    with open(os.path.join(args.out, "samplers_digits.md"), "w") as f:
+        f.write("\n".join(table) + "\n")
+    series: dict = {}
+    for label, nfe, fd, *_ in rows:
+        series.setdefault(label, ([], []))
+        series[label][0].append(nfe)
+        series[label][1].append(fd)
+    baselines = {label: xs_ys[1][0] for label, xs_ys in series.items() if len(xs_ys[0]) == 1}
+    curves = {label: xs_ys for label, xs_ys in series.items() if len(xs_ys[0]) > 1}
+    plots.save_charts(os.path.join(args.out, "samplers_digits.png"), [plots.Chart(
+        title="digits model: FD-digits vs NFE", series=curves,
+        hlines={**baselines, "real test digits": floor}, ylabel="FD-digits")])
+    print("\n".join(table))
+
+
+if __name__ == "__main__":
+    main()
