@@ -26,6 +26,7 @@ fi
 if [ "${1:-}" = "tests" ]; then
   shift
   # Two workers: the suite is mostly single-threaded XLA compilation, so 2 cores halve its time.
-  exec "$VENV/bin/python" -m pytest -q -n "${SCORE_JAX_TEST_WORKERS:-2}" tests "$@"
+  # The 15 slowest tests are listed at the end, to keep an eye on the suite's time.
+  exec "$VENV/bin/python" -m pytest -q -n "${SCORE_JAX_TEST_WORKERS:-2}" --durations=15 tests "$@"
 fi
 exec "$VENV/bin/python" "$@"
