@@ -85,6 +85,22 @@ def get_default_configs() -> ml_collections.ConfigDict:
     evaluate.stats_split = 'train'
     evaluate.num_seeds = 1
 
+    # score_jax: --mode sample (score_jax/sample.py): the task, how many inputs / samples, their
+    # source ('' = the evaluation split, else an .npz or a PNG folder), the inpainting mask
+    # (left_half, centre_box, random_pixels with mask_fraction known, or a mask file), the
+    # checkpoint (n = step n * snapshot_freq, 0 = newest), the output folder under the workdir,
+    # and the points of each interpolation.
+    config.sample = sample = ml_collections.ConfigDict()
+    sample.task = 'unconditional'
+    sample.num = 16
+    sample.batch_size = 16
+    sample.input = ''
+    sample.mask = 'left_half'
+    sample.mask_fraction = 0.5
+    sample.ckpt = 0
+    sample.folder = 'sample'
+    sample.num_points = 8
+
     # data
     config.data = data = ml_collections.ConfigDict()
     data.dataset = 'digits'
