@@ -23,9 +23,11 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 SMOKE=0
 [ "${1:-}" = "--smoke" ] && SMOKE=1
 
-DEVICE=$("$PY" -c 'import jax; d = jax.devices()[0]; print(f"{d.platform}:{d.device_kind} x{jax.device_count()}")')
+DEVICE=$("$PY" -c 'import jax; d = jax.devices()[0]
+print(f"{d.platform}:{d.device_kind} x{jax.device_count()}")')
 if [ "$SMOKE" = 0 ] && [[ "$DEVICE" == cpu:* ]]; then
-  echo "[bench/accelerator] no GPU or TPU visible to JAX ($DEVICE); use --smoke to check the script on CPU."
+  echo "[bench/accelerator] no GPU or TPU visible to JAX ($DEVICE);" \
+    "use --smoke to check the script on CPU."
   exit 1
 fi
 
@@ -33,7 +35,8 @@ part() {  # part <seconds> <title> <command...>: run with a time limit, every li
   local limit=$1 title=$2; shift 2
   echo "[$DEVICE] == $title"
   local start=$SECONDS
-  timeout "$limit" "$@" 2>&1 | grep -v -E "^(WARNING|I0000|W0000)|UserWarning" | sed "s|^|[$DEVICE] |"
+  timeout "$limit" "$@" 2>&1 | grep -v -E "^(WARNING|I0000|W0000)|UserWarning" \
+    | sed "s|^|[$DEVICE] |"
   local rc=${PIPESTATUS[0]}
   if [ "$rc" = 124 ]; then echo "[$DEVICE] !! $title: stopped at its ${limit}s limit"; fi
   if [ "$rc" != 0 ] && [ "$rc" != 124 ]; then echo "[$DEVICE] !! $title: exit status $rc"; fi
