@@ -64,7 +64,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
     evaluate.end_ckpt = 2
     evaluate.batch_size = 304
     evaluate.enable_sampling = True
-    evaluate.num_samples = 64
+    # Two rounds of eval.batch_size: enough for a stable FD-digits (64-d features).
+    evaluate.num_samples = 608
     evaluate.enable_loss = True
     evaluate.enable_bpd = True
     evaluate.bpd_dataset = 'test'

@@ -61,6 +61,7 @@ ADDITION_EXCEPTIONS = {
               "sample.num": 16, "sample.batch_size": 16}
        for name in DIGITS},
 }
+ADDITION_EXCEPTIONS["vp/digits_ddpmpp_continuous"]["sampling.s_churn"] = 10.0
 
 # Values read in the official score_sde config files (yang-song/score_sde, configs/...).
 OFFICIAL = {
@@ -208,7 +209,7 @@ def test_digits_configs():
                  "resblock_type", "skip_rescale", "init_scale", "attention_type", "conditional"):
         assert vp.model[flag] == cifar.model[flag], flag  # the DDPM++ flags
     assert (vp.training.batch_size, vp.optim.lr, vp.optim.warmup, vp.training.n_iters) == (64, 1e-3, 100, 1000)
-    assert (vp.model.ema_rate, vp.model.ema_warmup, vp.sampling.method) == (0.999, True, "ode")
+    assert (vp.model.ema_rate, vp.model.ema_warmup, vp.sampling.method) == (0.999, True, "heun")
     assert (vp.training.snapshot_freq, vp.training.snapshot_freq_for_preemption) == (500, 100)
     assert (vp.training.log_freq, vp.training.eval_freq) == (50, 100)
     assert (vp.eval.batch_size, vp.eval.num_samples) == (304, 64)

@@ -19,6 +19,13 @@ def get_config() -> ml_collections.ConfigDict:
     sampling = config.sampling
     sampling.predictor = 'euler_maruyama'
     sampling.corrector = 'none'
+    # Snapshots, evaluation and --mode sample use EDM's stochastic Heun sampler: on the quick
+    # start's model (bench/samplers_digits.py, 512 samples) it reached FD-digits 12.0 at 21 score
+    # evaluations, against 15.8 for PC-1000 (Euler-Maruyama, 1000) and 24.6 for the RK45 ODE
+    # solver (80); deterministic few-step solvers stayed at 20-28.
+    sampling.method = 'heun'
+    sampling.nfe = 20
+    sampling.s_churn = 10.
 
     # data
     data = config.data
