@@ -212,7 +212,7 @@ def test_digits_configs():
     assert (vp.model.ema_rate, vp.model.ema_warmup, vp.sampling.method) == (0.999, True, "heun")
     assert (vp.training.snapshot_freq, vp.training.snapshot_freq_for_preemption) == (500, 100)
     assert (vp.training.log_freq, vp.training.eval_freq) == (50, 100)
-    assert (vp.eval.batch_size, vp.eval.num_samples) == (304, 64)
+    assert (vp.eval.batch_size, vp.eval.num_samples) == (304, 608)
     assert vp.eval.batch_size % 8 == 0 and vp.eval.bpd_rtol == vp.eval.bpd_atol == 1e-3
     assert vp.eval.enable_bpd and vp.eval.enable_sampling
     # Checkpoints are numbered step // snapshot_freq: the quick start evaluates the last snapshot.
