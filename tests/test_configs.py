@@ -219,8 +219,11 @@ def test_digits_configs():
     last = vp.training.n_iters // vp.training.snapshot_freq
     assert vp.training.n_iters % vp.training.snapshot_freq == 0
     assert (vp.eval.begin_ckpt, vp.eval.end_ckpt) == (last, last)
+    # The same but for the SDE and the sampler measured on the VP model (vp sets EDM's Heun).
+    sampler = {"method": "ode", "nfe": 20, "s_churn": 0.0}
     assert subvp.training.sde == "subvpsde" and subvp.to_dict() == {
-        **vp.to_dict(), "training": {**vp.training.to_dict(), "sde": "subvpsde"}}
+        **vp.to_dict(), "training": {**vp.training.to_dict(), "sde": "subvpsde"},
+        "sampling": {**vp.sampling.to_dict(), **sampler}}
     ve_ncsnpp = load("ve/cifar10_ncsnpp_continuous")
     assert ve.training.sde == "vesde" and ve.data.centered is False
     for flag in ("fir", "progressive_input", "embedding_type", "scale_by_sigma"):
