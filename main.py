@@ -19,7 +19,7 @@ from score_jax import errors
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CONFIG = os.path.join(_HERE, "configs", "vp", "digits_ddpmpp_continuous.py")
-MODES = ("train", "eval", "train_eval", "fid_stats", "sample")
+MODES = ("train", "eval", "train_eval", "fid_stats", "sample", "train_classifier")
 
 FLAGS = flags.FLAGS
 # Set SCORE_JAX_TRACEBACK=1 to see the stack trace of a user error as well as its message.
@@ -50,7 +50,8 @@ flags.DEFINE_string("workdir", None, "Work directory: checkpoints, logs, samples
 flags.DEFINE_enum("mode", "train", MODES,
                   "Running mode: train, eval, train_eval (train, then evaluate the result), or "
                   "fid_stats (reference statistics of the data set for the sample metrics), or "
-                  "sample (config.sample.task on a trained workdir).")
+                  "sample (config.sample.task on a trained workdir), or train_classifier (the "
+                  "noise-conditional classifier of sample.task='conditional').")
 flags.DEFINE_string("eval_folder", "eval", "Folder name (under workdir) for evaluation results.")
 flags.DEFINE_string("init_from_official", None,
                     "Start from an official score_sde checkpoint file (train: initial parameters; "
@@ -122,6 +123,9 @@ def main(argv, coordinator_slot: list) -> None:
     if FLAGS.mode == "fid_stats":
         from score_jax import fid_stats
         fid_stats.fid_stats(config, FLAGS.workdir, coordinator=coordinator)
+    if FLAGS.mode == "train_classifier":
+        from score_jax import train_classifier
+        train_classifier.train_classifier(config, FLAGS.workdir, coordinator=coordinator)
     if FLAGS.mode == "sample":
         from score_jax import sample
         sample.sample(config, FLAGS.workdir, coordinator=coordinator)

@@ -102,6 +102,18 @@ def get_default_configs() -> ml_collections.ConfigDict:
     sample.ckpt = 0
     sample.folder = 'sample'
     sample.num_points = 8
+    sample.scale = 1.
+
+    # score_jax: --mode train_classifier, the noise-conditional classifier of class-conditional
+    # sampling (--mode sample with sample.task = 'conditional', guidance scale sample.scale):
+    # cross-entropy on data perturbed to t ~ U(eps, T), Adam, EMA.
+    config.classifier = classifier = ml_collections.ConfigDict()
+    classifier.name = 'wideresnet_noise_conditional'
+    classifier.lr = 2e-4
+    classifier.batch_size = 128
+    classifier.n_iters = 200000
+    classifier.ema_rate = 0.999
+    classifier.eps = 1e-5
 
     # data
     config.data = data = ml_collections.ConfigDict()

@@ -3,12 +3,13 @@
 Every runtime mode (train, evaluate, sample, ...) builds what it needs here, so a config field is
 read in one place only, and always from the config: the base configs hold every field, with its
 default, and nothing here falls back on a value of its own. Nothing here touches the file system
-except the data sets (and an official checkpoint when asked).
+except the data sets (and an official checkpoint or a trained classifier when asked).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 from typing import Any, Callable, Iterator, Optional
 
 import jax
@@ -16,9 +17,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from score_jax import datasets, losses, optim, sampling, train_state
+from score_jax import checkpoints, datasets, losses, optim, parallel, sampling, train_state
 from score_jax import sde as sde_lib
-from score_jax.errors import InvalidInputError
+from score_jax.errors import InvalidInputError, MissingFileError
+from score_jax.models import classifier as classifier_models
 from score_jax.models import registry
 from score_jax.models import score as score_lib
 
@@ -197,6 +199,62 @@ def state_from_official(path: str, template: train_state.TrainState) -> train_st
                             model_state=ckpt.model_state or template.model_state)
 
 
+# --------------------------------------------------------------------------- classifier
+
+_CLASSIFIER_STREAM = 0xC1A5  # folded into the seed: the classifier never reuses the model's keys
+
+
+def get_classifier(config: Config):
+    """The flax classifier named by classifier.name."""
+    name = config.classifier.name
+    if name not in classifier_models.CLASSIFIERS:
+        raise InvalidInputError(f"classifier.name: unknown classifier {name!r}; valid names are "
+                                f"{sorted(classifier_models.CLASSIFIERS)}.")
+    return classifier_models.CLASSIFIERS[name]()
+
+
+def classifier_init_state(config: Config, model, optimizer, *,
+                          abstract: bool = False) -> train_state.TrainState:
+    """Step-0 classifier state from config.seed (compiled; `abstract`: shapes only)."""
+    shape = (1,) + image_shape(config)
+
+    def make():
+        key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), _CLASSIFIER_STREAM)
+        key, init_key = jax.random.split(key)
+        params = model.init(init_key, jnp.zeros(shape), jnp.ones((1,)))["params"]
+        return train_state.init_train_state(key, params, optimizer)
+
+    return jax.eval_shape(make) if abstract else jax.jit(make)()
+
+
+def classifier_optimizer(config: Config):
+    """Adam at classifier.lr."""
+    return optim.get_optimizer("Adam", lr=float(config.classifier.lr))
+
+
+def classifier_dir(workdir: pathlib.Path) -> pathlib.Path:
+    """Where the classifier of a workdir is kept."""
+    return workdir / "classifier" / "checkpoints"
+
+
+def restore_classifier(config: Config, workdir: pathlib.Path) -> tuple[Any, Any]:
+    """(model, EMA parameters) of the classifier trained in workdir (this process only)."""
+    model = get_classifier(config)
+    manager = checkpoints.open_manager(classifier_dir(workdir), snapshot_every=1, read_only=True,
+                                       this_process_only=True)
+    try:
+        steps = sorted(manager.all_steps())
+        if not steps:
+            raise MissingFileError(f"no classifier in {classifier_dir(workdir)}: train one first "
+                                   f"with --mode train_classifier on this workdir.")
+        state = checkpoints.restore_step(manager, steps[-1],
+                                         classifier_init_state(config, model, classifier_optimizer(config),
+                                                    abstract=True)).state
+    finally:
+        manager.close()
+    return model, parallel.to_host(state.params_ema)
+
+
 # --------------------------------------------------------------------------- data
 
 
@@ -224,10 +282,11 @@ def eval_split(config: Config) -> str:
     return "eval" if choice == "test" else "train"
 
 
-def train_iterator(config: Config, *, prefetch: int = 2) -> datasets.TrainIterator:
+def train_iterator(config: Config, *, prefetch: int = 2,
+                   batch_size: Optional[int] = None) -> datasets.TrainIterator:
     """This process's endless training batches of config (seeded by config.seed, resumable)."""
     return datasets.train_iterator(
-        dataset_name(config), global_batch_size=config.training.batch_size,
+        dataset_name(config), global_batch_size=batch_size or config.training.batch_size,
         seed=int(config.seed), random_flip=config.data.random_flip,
         uniform_dequantization=config.data.uniform_dequantization, prefetch=prefetch,
         **_source_kwargs(config))

@@ -33,7 +33,6 @@ from typing import Callable, Optional
 import diffrax
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from score_jax import checks
 from score_jax import sde as sde_lib

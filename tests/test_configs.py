@@ -35,7 +35,9 @@ ADDITIONS = {
     "sampling.rel_tol": 0.0, "sampling.abs_tol": 0.0, "training.importance_weighting": False,
     "eval.dequantization": "uniform", "sample.task": "unconditional", "sample.num": 64,
     "sample.batch_size": 64, "sample.input": "", "sample.mask": "left_half", "sample.mask_fraction": 0.5,
-    "sample.ckpt": 0, "sample.folder": "sample", "sample.num_points": 8,
+    "sample.ckpt": 0, "sample.folder": "sample", "sample.num_points": 8, "sample.scale": 1.0,
+    "classifier.name": "wideresnet_noise_conditional", "classifier.lr": 2e-4, "classifier.batch_size": 128,
+    "classifier.n_iters": 200000, "classifier.ema_rate": 0.999, "classifier.eps": 1e-5,
 }
 # The official TFRecords paths of the FFHQ / CelebA-HQ configs (data.tfrecords_path is official
 # there, an addition elsewhere).
@@ -58,7 +60,9 @@ ADDITION_EXCEPTIONS = {
               "sampling.ode_atol": 1e-3, "eval.bpd_rtol": 1e-3, "eval.bpd_atol": 1e-3,
               "training.snapshot_num_samples": 64,
               "eval.sample_metrics": ("fd_digits", "is_digits", "class_histogram"),
-              "sample.num": 16, "sample.batch_size": 16}
+              "sample.num": 16, "sample.batch_size": 16, "classifier.name": "digits_noise_conditional",
+              "classifier.lr": 2e-3, "classifier.n_iters": 1500, "classifier.ema_rate": 0.99,
+              "classifier.eps": 1e-3}
        for name in DIGITS},
 }
 ADDITION_EXCEPTIONS["vp/digits_ddpmpp_continuous"]["sampling.s_churn"] = 10.0

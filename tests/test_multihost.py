@@ -47,12 +47,12 @@ def test_two_processes_train_agree_and_write_one_checkpoint_set(tmp_path):
     workdir = tmp_path / "work"
     procs = _start([f"--workdir={workdir}", *TINY], env, 2)
     outs = _finish(procs)
-    for p, (stdout, stderr) in zip(procs, outs):
+    for p, (_, stderr) in zip(procs, outs):
         assert p.returncode == 0, stderr[-4000:]
     digests = {}
-    for stdout, _ in outs:
-        m = re.search(r"process (\d)/2: step (\d+), local params sha256 ([0-9a-f]{64})", stdout)
-        assert m, stdout[-2000:]
+    for out, _ in outs:
+        m = re.search(r"process (\d)/2: step (\d+), local params sha256 ([0-9a-f]{64})", out)
+        assert m, out[-2000:]
         digests[int(m.group(1))] = (int(m.group(2)), m.group(3))
     assert digests[0] == digests[1] and digests[0][0] == 4
     # One set of checkpoints: steps 2 and 4, each complete, no per-process copies or leftovers.
@@ -107,7 +107,7 @@ def test_two_process_eval_equals_one_process(trained):
     np.testing.assert_allclose(two["per_example"], one["per_example"], rtol=1e-2)
     # Only process 0 writes: one file per checkpoint and the summary, nothing per process.
     assert sorted(p.name for p in (workdir / "eval_2").iterdir()) == \
-        ["ckpt_1.npz", "ckpt_2.npz", "summary.json"]
+        ["ckpt_1.npz", "ckpt_2.npz", "metrics.png", "summary.json"]
 
 
 def test_killed_process_stops_the_other_and_rerun_resumes(trained):
@@ -131,3 +131,25 @@ def test_killed_process_stops_the_other_and_rerun_resumes(trained):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "ckpt_1 (step 2): already evaluated" in out.stdout
     assert (workdir / "eval_kill" / "ckpt_2.npz").exists()
+
+
+def test_two_process_fid_stats_and_samples_equal_one_process(trained):
+    """--mode fid_stats on two processes gives the one-process reference statistics (every example
+    once, in order); --mode sample draws the requested number once, written by process 0 only."""
+    workdir, env = trained
+    stats = {n: workdir.parent / f"stats_{n}.npz" for n in (1, 2)}
+    out = run_main([f"--workdir={workdir}", "--mode=fid_stats", *TINY,
+                    f"--config.eval.stats_file={stats[1]}"], env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    args = ["--config.sample.num=6", "--config.sample.batch_size=4",
+            "--config.sample.folder=sample_2"]
+    procs = _start([f"--workdir={workdir}", "--mode=fid_stats", *TINY,
+                    f"--config.eval.stats_file={stats[2]}"], env, 2)
+    procs += _start([f"--workdir={workdir}", "--mode=sample", *TINY, *args], env, 2)
+    for p, (_, stderr) in zip(procs, _finish(procs)):
+        assert p.returncode == 0, stderr[-3000:]
+    with np.load(stats[1]) as one, np.load(stats[2]) as two:
+        assert one["pool_3"].shape == two["pool_3"].shape == (1500, 64)
+        np.testing.assert_allclose(two["pool_3"], one["pool_3"], rtol=1e-5, atol=1e-5)
+    with np.load(workdir / "sample_2" / "unconditional" / "samples.npz") as d:
+        assert d["samples"].shape == (6, 8, 8, 1) and d["samples"].dtype == np.uint8

@@ -13,7 +13,6 @@ import os
 import pathlib
 import struct
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -179,3 +178,44 @@ def test_non_finite_loss_stops_naming_the_step(tmp_path):
     step = int(out.stderr.split("at step ")[1].split(";")[0])
     saved = [int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
     assert all(s < step for s in saved)
+
+
+def test_sample_mode_tasks_keep_their_inputs(trained):
+    """Inpainting keeps the known pixels bit for bit; interpolation paths start and end at the
+    inputs (encode -> decode round trip, to the ODE tolerance); grids are written as PNG."""
+    workdir, env, _ = trained
+    base = [f"--workdir={workdir}", "--mode=sample", *TINY, "--config.sample.num=4",
+            "--config.sample.batch_size=4", "--config.sample.num_points=3"]
+    for task in ("inpaint", "interpolate"):
+        out = _main([*base, f"--config.sample.task={task}"], env)
+        assert out.returncode == 0, out.stderr[-3000:]
+        with np.load(workdir / "sample" / task / "result.npz") as d:
+            result = dict(d)
+        assert Image.open(workdir / "sample" / task / "grid.png").size[0] > 0
+        if task == "inpaint":
+            known = result["mask"] > 0
+            assert known.any() and not known.all()
+            np.testing.assert_array_equal(result["output"][known], result["input"][known])
+        else:
+            assert result["output"].shape == (2, 3, 8, 8, 1)
+            ends = result["output"][:, [0, -1]].reshape(4, 8, 8, 1).astype(int)
+            # uint8 levels, after an encode -> decode round trip at the config's ODE tolerance 1e-3
+            error = np.abs(ends - result["input"].astype(int))
+            assert error.mean() <= 2 and error.max() <= 16
+
+
+def test_train_classifier_then_conditional_samples(trained):
+    """--mode train_classifier learns the digits from noisy inputs (far above chance after 300
+    steps) and --mode sample --config.sample.task=conditional uses it, labels in turn."""
+    workdir, env, _ = trained
+    out = _main([f"--workdir={workdir}", "--mode=train_classifier", *TINY,
+                 "--config.classifier.n_iters=300"], env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    accuracy = float(out.stdout.split("clean accuracy ")[1].split()[0])
+    assert accuracy > 0.5, out.stdout  # chance is 0.1
+    out = _main([f"--workdir={workdir}", "--mode=sample", *TINY, "--config.sample.task=conditional",
+                 "--config.sample.num=4", "--config.sample.batch_size=4"], env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    with np.load(workdir / "sample" / "conditional" / "result.npz") as d:
+        assert d["samples"].shape == (4, 8, 8, 1) and list(d["labels"]) == [0, 1, 2, 3]
+        assert 0.0 <= float(d["agreement"]) <= 1.0
