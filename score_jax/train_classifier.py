@@ -5,7 +5,8 @@ Cross-entropy on data perturbed by the config's SDE at t ~ U(classifier.eps, T)
 split in batches of classifier.batch_size, compiled once over the device mesh like the score
 model's train step. The final state (step, parameters, EMA, optimiser) goes to
 `<workdir>/classifier/checkpoints/` (orbax, experiment.classifier_dir), where
-`--mode sample --config.sample.task=conditional` finds it; the clean accuracy of the EMA parameters on the evaluation split is reported.
+`--mode sample --config.sample.task=conditional` finds it; the clean accuracy of the EMA
+parameters on the evaluation split is reported.
 """
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ ADDITION_EXCEPTIONS = {
               "eval.sample_metrics": ("fd_digits", "is_digits", "class_histogram"),
               "sample.num": 16, "sample.batch_size": 16, "classifier.name": "digits_noise_conditional",
               "classifier.lr": 2e-3, "classifier.n_iters": 1500, "classifier.ema_rate": 0.99,
-              "classifier.eps": 1e-3}
+              "classifier.eps": 1e-3, "sample.scale": 4.0}
        for name in DIGITS},
 }
 ADDITION_EXCEPTIONS["vp/digits_ddpmpp_continuous"]["sampling.s_churn"] = 10.0
@@ -159,7 +159,7 @@ def test_loads_locked_with_additions(name: str):
     assert config.is_locked
     for section in ("training", "sampling", "eval", "data", "model", "optim"):
         with pytest.raises(AttributeError, match="locked"):
-            setattr(config[section], "n_iter", 5)  # a misspelt field must not be silently added
+            config[section].n_iter = 5  # a misspelt field must not be silently added
     with pytest.raises(AttributeError, match="locked"):
         config.seeed = 1
     config.training.n_iters = 7  # existing fields stay overridable,

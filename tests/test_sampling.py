@@ -69,7 +69,7 @@ def assert_mixture_stats(x, mixture, *, bias=BIAS):
 
 
 def _pc_cases():
-    for name, sde in SDES.items():
+    for name in SDES:
         for predictor in ("euler_maruyama", "reverse_diffusion", "ancestral_sampling"):
             if predictor == "ancestral_sampling" and name == "subvp":
                 continue

@@ -176,7 +176,8 @@ def test_jit_static_vmap_and_shapes(name):
     np.testing.assert_allclose(per_example(x, jnp.array([0.1, 0.5, 0.9])),
                                sde.marginal_prob(x, jnp.array([0.1, 0.5, 0.9]))[1], rtol=1e-6)
     # A scalar t broadcasts over the batch.
-    np.testing.assert_allclose(sde.marginal_prob(x, 0.5)[1], jnp.full((3,), sde.marginal_prob(x, jnp.full((3,), 0.5))[1][0]))
+    batched = sde.marginal_prob(x, jnp.full((3,), 0.5))[1][0]
+    np.testing.assert_allclose(sde.marginal_prob(x, 0.5)[1], jnp.full((3,), batched))
 
 
 def dataclass_values(sde):

@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 
 from score_jax.models import up_or_down_sampling as updown
-from score_jax.models.layers import NIN, ddpm_conv1x1, ddpm_conv3x3, default_init, nearest_upsample_2x, spatial_attention
+from score_jax.models.layers import (NIN, ddpm_conv1x1, ddpm_conv3x3, default_init,
+                                     nearest_upsample_2x, spatial_attention)
 from score_jax.errors import InvalidInputError
 
 Array = jax.Array

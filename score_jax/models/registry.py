@@ -43,7 +43,8 @@ def _as_field_value(name: str, value: Any) -> Any:
         try:
             return jnp.dtype(value)
         except TypeError as err:
-            raise InvalidInputError(f"config.model.dtype: unknown dtype {value!r}; expected e.g. 'float32' or 'bfloat16'.") from err
+            raise InvalidInputError(f"config.model.dtype: unknown dtype {value!r}; expected e.g. "
+                                    f"'float32' or 'bfloat16'.") from err
     return tuple(value) if isinstance(value, list) else value
 
 
