@@ -76,6 +76,9 @@ def get_default_configs() -> ml_collections.ConfigDict:
     # score_jax: dequantisation noise of bits/dim: 'uniform' (official) or 'truncated_normal'
     # (ScoreFlow's bound with a non-uniform noise density; its log-density term is added).
     evaluate.dequantization = 'uniform'
+    # score_jax: step control of the bits/dim solve: 'per_part' (data and log-density judged apart,
+    # ~30x more accurate) or 'rms' (the official RK45 semantics: 1.4-1.9x fewer evaluations).
+    evaluate.bpd_error_control = 'per_part'
     # score_jax: sample quality (with enable_sampling), as the official evaluator: IS, FID, KID of
     # the FID Inception, whose weights are a local file (pytorch-fid's
     # pt_inception-2015-12-05-6726825d.pth or the JAX ports' pickle), against reference

@@ -77,6 +77,9 @@ def get_default_configs() -> ml_collections.ConfigDict:
     # score_jax: dequantisation noise of bits/dim: 'uniform' (official) or 'truncated_normal'
     # (ScoreFlow's bound with a non-uniform noise density; its log-density term is added).
     evaluate.dequantization = 'uniform'
+    # score_jax: step control of the bits/dim solve: 'per_part' (data and log-density judged apart,
+    # ~30x more accurate) or 'rms' (the official RK45 semantics: 1.4-1.9x fewer evaluations).
+    evaluate.bpd_error_control = 'per_part'
     # Sample quality by the shipped digits classifier (not FID: no Inception offline): the
     # Frechet distance of its features to the train split's, its Inception-Score formula and the
     # class histogram. stats_file '' = computed from the train split on the fly.

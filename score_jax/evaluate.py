@@ -128,7 +128,7 @@ def bits_per_dim(ctx: _Context, params, model_state, key) -> tuple[np.ndarray, i
                 k = jax.random.fold_in(jax.random.fold_in(key, r), b)
                 out = likelihood.bpd(k, ctx.exp.sde, score_fn, ctx.shard(ctx.scaler(x)),
                                      centered=ctx.config.data.centered, rtol=float(ev.bpd_rtol),
-                                     atol=float(ev.bpd_atol))
+                                     atol=float(ev.bpd_atol), error_control=ev.bpd_error_control)
                 max_nfe = max(max_nfe, int(out.nfe))
                 values.append(np.asarray(out.bpd) + correction)
                 masks.append(batch["mask"])
