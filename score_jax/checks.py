@@ -6,7 +6,7 @@ never an XLA trace. Samplers, likelihood, losses and controllable generation all
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -63,6 +63,16 @@ def check_positive(name: str, value: Any, integer: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, ok_type) or not value > 0:
         kind = "a positive integer" if integer else "a positive number"
         raise InvalidInputError(f"{name} must be {kind}, got {name}={value!r}.")
+
+
+def check_x_init(x_init: Any, shape: tuple[int, ...]) -> Optional[jax.Array]:
+    """x_init (a starting state instead of a prior draw) as an array of `shape`, or None."""
+    if x_init is None:
+        return None
+    x_init = jnp.asarray(x_init)
+    if x_init.shape != tuple(shape):
+        raise InvalidInputError(f"x_init must have shape {tuple(shape)}, got {x_init.shape}.")
+    return x_init
 
 
 def check_score_fn(score_fn: Callable, shape: tuple[int, ...], dtype: Any) -> None:

@@ -408,12 +408,8 @@ def fast_sample(key: Array, sde: sde_lib.SDE, score_fn: ScoreFn, shape: tuple[in
     shape = checks.check_shape(shape)
     eps = checks.check_eps(sde, eps)
     nfe = _check_nfe(solver, nfe, bool(denoise))
-    dtype = jnp.result_type(float)
-    if x_init is not None:
-        x_init = jnp.asarray(x_init)
-        if x_init.shape != shape:
-            raise InvalidInputError(f"x_init must have shape {shape}, got {x_init.shape}.")
-        dtype = x_init.dtype
+    x_init = checks.check_x_init(x_init, shape)
+    dtype = jnp.result_type(float) if x_init is None else x_init.dtype
     checks.check_score_fn(score_fn, shape, dtype)
     score_fn = score_fn if isinstance(score_fn, jax.tree_util.Partial) else (
         jax.tree_util.Partial(score_fn))

@@ -297,12 +297,8 @@ def pc_sample(key: Array, sde: sde_lib.SDE, score_fn: ScoreFn, shape: tuple[int,
     checks.check_positive("n_steps", n_steps, integer=True)
     if predictor == "ancestral_sampling":
         _check_ancestral(sde, probability_flow)
-    dtype = jnp.result_type(float)
-    if x_init is not None:
-        x_init = jnp.asarray(x_init)
-        if x_init.shape != shape:
-            raise InvalidInputError(f"x_init must have shape {shape}, got {x_init.shape}.")
-        dtype = x_init.dtype
+    x_init = checks.check_x_init(x_init, shape)
+    dtype = jnp.result_type(float) if x_init is None else x_init.dtype
     checks.check_score_fn(score_fn, shape, dtype)
     if project is not None and not callable(project):
         raise InvalidInputError(f"project must be callable project(key, x, x_mean, t) or None, "
