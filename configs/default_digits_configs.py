@@ -8,6 +8,8 @@ with batch 64).
 
 import ml_collections
 
+from configs import default_additions
+
 
 def get_default_configs() -> ml_collections.ConfigDict:
     """Digits defaults with the official field names; unlocked, so leaf configs can add fields."""
@@ -42,20 +44,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
     sampling.snr = 0.16
     sampling.ode_rtol = 1e-3
     sampling.ode_atol = 1e-3
-    # score_jax: the few-step solvers (sampling.method = 'ddim', 'dpm_solver', 'dpm_solver++',
-    # 'heun', 'euler' or 'adaptive_sde'): score evaluations (denoising included; the budget of
-    # 'adaptive_sde'), and their options, '' or 0 meaning the solver's default (see
-    # sampling.fast_sample): order, dpm_method ('singlestep' | 'multistep'), skip_type
-    # ('logSNR' | 'time_uniform' | 'time_quadratic' | 'edm'), eta (DDIM), s_churn (EDM),
-    # rel_tol / abs_tol (adaptive_sde).
-    sampling.nfe = 20
-    sampling.order = 0
-    sampling.dpm_method = ''
-    sampling.skip_type = ''
-    sampling.eta = 0.0
-    sampling.s_churn = 0.0
-    sampling.rel_tol = 0.0
-    sampling.abs_tol = 0.0
+    # score_jax: sampling.nfe and the options of the few-step solvers.
+    default_additions.add_fast_sampler_fields(sampling)
 
     # evaluation: checkpoint n is the snapshot at step n * snapshot_freq; the quick start
     # evaluates only the last one (2 = step 1000). One batch of 304 covers the 297 test digits.
@@ -89,35 +79,12 @@ def get_default_configs() -> ml_collections.ConfigDict:
     evaluate.stats_split = 'train'
     evaluate.num_seeds = 1
 
-    # score_jax: --mode sample (score_jax/sample.py): the task, how many inputs / samples, their
-    # source ('' = the evaluation split, else an .npz or a PNG folder), the inpainting mask
-    # (left_half, centre_box, random_pixels with mask_fraction known, or a mask file), the
-    # checkpoint (n = step n * snapshot_freq, 0 = newest), the output folder under the workdir,
-    # and the points of each interpolation.
-    config.sample = sample = ml_collections.ConfigDict()
-    sample.task = 'unconditional'
-    sample.num = 16
-    sample.batch_size = 16
-    sample.input = ''
-    sample.mask = 'left_half'
-    sample.mask_fraction = 0.5
-    sample.ckpt = 0
-    sample.folder = 'sample'
-    sample.num_points = 8
+    # score_jax: --mode sample and --mode train_classifier.
     # Guidance scale of 'conditional': the digits classifier agreed with the label asked for on
     # 70% of the samples at scale 1 and 97.5% at scale 4 (40 samples of the quick start model).
-    sample.scale = 4.
-
-    # score_jax: --mode train_classifier, the noise-conditional classifier of class-conditional
-    # sampling (--mode sample with sample.task = 'conditional', guidance scale sample.scale):
-    # cross-entropy on data perturbed to t ~ U(eps, T), Adam, EMA.
-    config.classifier = classifier = ml_collections.ConfigDict()
-    classifier.name = 'digits_noise_conditional'
-    classifier.lr = 2e-3
-    classifier.batch_size = 128
-    classifier.n_iters = 1500
-    classifier.ema_rate = 0.99
-    classifier.eps = 1e-3
+    default_additions.add_sample_section(config, num=16, scale=4.)
+    default_additions.add_classifier_section(config, name='digits_noise_conditional', lr=2e-3,
+                                              n_iters=1500, ema_rate=0.99, eps=1e-3)
 
     # data
     config.data = data = ml_collections.ConfigDict()

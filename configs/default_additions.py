@@ -1,0 +1,61 @@
+"""Config fields that score_jax adds to every base config (no official counterpart), in one place.
+
+Each base calls these with its own values; every field is documented here once.
+"""
+
+import ml_collections
+
+
+def add_fast_sampler_fields(sampling: ml_collections.ConfigDict) -> None:
+    """The few-step solvers of sampling.fast_sample, picked by sampling.method.
+
+    sampling.method = 'ddim', 'dpm_solver', 'dpm_solver++', 'heun', 'euler' or 'adaptive_sde'
+    uses `nfe` score evaluations (denoising included; the budget of 'adaptive_sde') and the
+    options below, '' or 0 meaning the solver's own default: order, dpm_method ('singlestep' |
+    'multistep'), skip_type ('logSNR' | 'time_uniform' | 'time_quadratic' | 'edm'), eta (DDIM),
+    s_churn (EDM), rel_tol / abs_tol (adaptive_sde).
+    """
+    sampling.nfe = 20
+    sampling.order = 0
+    sampling.dpm_method = ''
+    sampling.skip_type = ''
+    sampling.eta = 0.0
+    sampling.s_churn = 0.0
+    sampling.rel_tol = 0.0
+    sampling.abs_tol = 0.0
+
+
+def add_sample_section(config: ml_collections.ConfigDict, *, num: int, scale: float) -> None:
+    """config.sample, for --mode sample (score_jax/sample.py).
+
+    The task; how many inputs / samples (`num`, in batches of batch_size = num); their source
+    ('' = the evaluation split, else an .npz or a PNG folder); the inpainting mask (left_half,
+    centre_box, random_pixels with mask_fraction known, or a mask file); the checkpoint (n = step
+    n * snapshot_freq, 0 = newest); the output folder under the workdir; the points of each
+    interpolation; the classifier guidance scale of 'conditional'.
+    """
+    config.sample = sample = ml_collections.ConfigDict()
+    sample.task = 'unconditional'
+    sample.num = num
+    sample.batch_size = num
+    sample.input = ''
+    sample.mask = 'left_half'
+    sample.mask_fraction = 0.5
+    sample.ckpt = 0
+    sample.folder = 'sample'
+    sample.num_points = 8
+    sample.scale = scale
+
+
+def add_classifier_section(config: ml_collections.ConfigDict, *, name: str, lr: float,
+                           n_iters: int, ema_rate: float, eps: float) -> None:
+    """config.classifier, for --mode train_classifier: the noise-conditional classifier of
+    class-conditional sampling, trained by cross-entropy on data perturbed to t ~ U(eps, T)
+    with Adam at `lr` and an EMA at `ema_rate`, in batches of 128."""
+    config.classifier = classifier = ml_collections.ConfigDict()
+    classifier.name = name
+    classifier.lr = lr
+    classifier.batch_size = 128
+    classifier.n_iters = n_iters
+    classifier.ema_rate = ema_rate
+    classifier.eps = eps
