@@ -293,9 +293,14 @@ def train_iterator(config: Config, *, prefetch: int = 2,
 
 
 def eval_iterator(config: Config, *, seed: int, dequantize: bool, split: Optional[str] = None,
-                  batch_size: Optional[int] = None) -> Iterator[dict[str, np.ndarray]]:
-    """One pass over this process's share of the evaluation split (eval_split), padded and masked."""
+                  batch_size: Optional[int] = None,
+                  whole_batches: bool = False) -> Iterator[dict[str, np.ndarray]]:
+    """One pass over this process's share of the evaluation split (eval_split), padded and masked.
+
+    With `whole_batches` every process reads every example (inputs that all processes share).
+    """
+    shares = dict(process_index=0, process_count=1) if whole_batches else {}
     return datasets.eval_iterator(
         dataset_name(config), global_batch_size=batch_size or config.eval.batch_size,
         split=split or eval_split(config), seed=seed, uniform_dequantization=dequantize,
-        **_source_kwargs(config))
+        **shares, **_source_kwargs(config))

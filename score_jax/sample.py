@@ -64,8 +64,9 @@ def _inputs(config: ml_collections.ConfigDict, shape: tuple[int, int, int]) -> n
         x = read_images(config.sample.input)
     else:
         chunks, got = [], 0
+        # Every process reads the same inputs; _batched then splits the work.
         for batch in experiment.eval_iterator(config, seed=0, dequantize=False,
-                                              batch_size=max(n, 1) * jax.process_count()):
+                                              batch_size=max(n, 1), whole_batches=True):
             chunks.append(images.to_uint8(batch["image"][batch["mask"]]))
             got += chunks[-1].shape[0]
             if got >= n:
