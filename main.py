@@ -15,7 +15,10 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from score_jax import errors
+from score_jax import errors, xla_cpu
+
+# Before JAX starts its CPU backend, which reads XLA_FLAGS once (see score_jax/xla_cpu.py).
+xla_cpu.configure()
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CONFIG = os.path.join(_HERE, "configs", "vp", "digits_ddpmpp_continuous.py")

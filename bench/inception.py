@@ -25,6 +25,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from score_jax.metrics import digits_net, inception, inception_weights  # noqa: E402
+from score_jax import xla_cpu  # noqa: E402
+
+xla_cpu.configure()  # score_jax's XLA:CPU kernels, as main.py uses them
 
 
 def random_variables() -> dict:

@@ -33,6 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from score_jax.models.ncsnpp import NCSNpp  # noqa: E402
 from score_jax.models.registry import model_kwargs  # noqa: E402
+from score_jax import xla_cpu  # noqa: E402
+
+xla_cpu.configure()  # score_jax's XLA:CPU kernels, as main.py uses them
 
 # Official CIFAR-10 values (score_sde configs/default_cifar10_configs.py and the two leaf configs).
 _COMMON = dict(nf=128, ch_mult=(1, 2, 2, 2), num_res_blocks=4, attn_resolutions=(16,), dropout=0.1,

@@ -37,7 +37,10 @@ from scipy import special
 
 from score_jax import plots, sampling
 from score_jax import sde as sde_lib
+from score_jax import xla_cpu
 from tests import gmm
+
+xla_cpu.configure()  # score_jax's XLA:CPU kernels, as main.py uses them
 
 NFE_LADDER = (6, 8, 10, 15, 20, 30, 50, 100)
 TOL_LADDER = (0.5, 0.2, 0.1, 0.05, 0.02, 0.01)   # adaptive_sde rel_tol (abs_tol = rel_tol / 5)

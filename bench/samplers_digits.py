@@ -20,6 +20,9 @@ import numpy as np
 from configs.vp import digits_ddpmpp_continuous
 from score_jax import checkpoints, datasets, experiment, images, plots, sampling, sample_quality
 from score_jax.metrics import digits_net
+from score_jax import xla_cpu
+
+xla_cpu.configure()  # score_jax's XLA:CPU kernels, as main.py uses them
 
 # label -> sampler(key, sde, score_fn, shape, eps) -> (x, nfe)
 FAST = {

@@ -26,6 +26,9 @@ from scipy import integrate
 from score_jax import sampling
 from score_jax import sde as sde_lib
 from score_jax.models import score as score_lib
+from score_jax import xla_cpu
+
+xla_cpu.configure()  # score_jax's XLA:CPU kernels, as main.py uses them
 
 
 class SmallConvNet(nn.Module):

@@ -27,7 +27,8 @@ THROUGHPUT = r"""
 import json, sys, time
 import jax, numpy as np
 from configs.vp import digits_ddpmpp_continuous as c
-from score_jax import datasets, experiment, parallel, train
+from score_jax import datasets, experiment, parallel, train, xla_cpu
+xla_cpu.configure()
 steps = int(sys.argv[1])
 config = c.get_config()
 setup = experiment.build(config)
@@ -56,7 +57,8 @@ CKPT = r"""
 import json, sys, time
 import jax
 from configs.vp import digits_ddpmpp_continuous as c
-from score_jax import train
+from score_jax import train, xla_cpu
+xla_cpu.configure()
 steps, preempt, workdir = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 config = c.get_config()
 with config.unlocked():

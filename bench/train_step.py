@@ -31,6 +31,9 @@ from score_jax import losses, optim  # noqa: E402
 from score_jax import sde as sde_lib  # noqa: E402
 from score_jax import train_state as ts  # noqa: E402
 from score_jax.models import registry  # noqa: E402
+from score_jax import xla_cpu  # noqa: E402
+
+xla_cpu.configure()  # score_jax's XLA:CPU kernels, as main.py uses them
 
 
 class SmallConvNet(nn.Module):

@@ -17,9 +17,10 @@ The official code builds two CUDA extensions (op/upfirdn2d, op/fused_act) at imp
 replaces `torch.utils.cpp_extension.load` before importing them, so their own pure-torch paths for
 CPU tensors run instead. Without `--official` and `--torch_python` (torch is not a dependency of
 score_jax) the PyTorch side is skipped with a message. `--baseline_xla_flags` adds a second
-score_jax side with other XLA flags (e.g. "" for XLA's defaults), to measure flag choices the same
-way. On a machine loaded by other processes torch's OpenMP threads wait on each other at every
-barrier; compare with `--threads 1` too (the faster torch setting is the fair one).
+score_jax side with exactly these XLA flags, without score_jax's defaults (score_jax/xla_cpu.py;
+"" gives XLA's own defaults), to measure flag choices the same way. On a machine loaded by other
+processes torch's OpenMP threads wait on each other at every barrier; compare with `--threads 1`
+too (the faster torch setting is the fair one).
 
 Configs: 'cifar10' = configs/vp/cifar10_ddpmpp_continuous at batch 8, 'digits' =
 configs/vp/digits_ddpmpp_continuous at batch 64 (the official side takes the official CIFAR-10
@@ -65,7 +66,7 @@ def _jax_worker(config_module: str, batch: int, warmup: int) -> None:
     """score_jax side: the train step of `config_module` at `batch`, jitted, state donated."""
     sys.path.insert(0, str(ROOT / "bench"))
     import jax
-    from train_step import config_train_step
+    from train_step import config_train_step  # applies score_jax's XLA:CPU defaults
 
     step, state, x = config_train_step(config_module, batch)
     step = jax.jit(step, donate_argnums=0)
@@ -197,7 +198,8 @@ def _compare(name: str, args, torch_ready: bool) -> None:
     if args.baseline_xla_flags is not None:
         sides.append(Side("score_jax (baseline flags)",
                           [sys.executable, me, "--worker", "jax", *common],
-                          dict(base, XLA_FLAGS=args.baseline_xla_flags), ROOT))
+                          dict(base, XLA_FLAGS=args.baseline_xla_flags,
+                               SCORE_JAX_XLA_DEFAULTS="0"), ROOT))
     if torch_ready:
         fields = json.dumps(_config_fields(config_module))
         sides.append(Side(f"pytorch (official, {args.threads or os.cpu_count()} thr)",

@@ -1,4 +1,4 @@
-"""Test-wide JAX settings: catch silent broadcasting slips, keep float32 unless a test asks."""
+"""Test-wide JAX settings: score_jax's XLA:CPU flags, catch silent broadcasting slips, float32."""
 
 import os
 import pathlib
@@ -9,6 +9,10 @@ import sys
 import jax
 import pytest
 
+from score_jax import xla_cpu
+
+# The suite runs with the kernels main.py uses (XLA_FLAGS is read when the backend starts).
+xla_cpu.configure()
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 # The official parity data ships with the tests; SCORE_JAX_FIXTURES may point at another copy.

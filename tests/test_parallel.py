@@ -16,8 +16,10 @@ SCRIPT = r"""
 import json, sys
 import jax, numpy as np
 from configs.vp import digits_ddpmpp_continuous as c
-from score_jax import datasets, experiment, likelihood, parallel, train
+from score_jax import datasets, experiment, likelihood, parallel, train, xla_cpu
 from score_jax.models import score as score_lib
+
+xla_cpu.configure()
 
 config = c.get_config()
 with config.unlocked():
