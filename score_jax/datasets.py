@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 from score_jax.errors import InvalidInputError, MissingDependencyError, MissingFileError
+from score_jax.source_cache import CachedSource
 
 NAMES = ("digits", "cifar10", "svhn_cropped", "celeba", "lsun/<category>", "ffhq", "celebahq")
 # The official config names (config.data.dataset) -> ours; LSUN also needs config.data.category.
@@ -291,6 +292,8 @@ def open_source(name: str, split: str = "train", data_dir: str | os.PathLike | N
                 tfrecords_path: str | None = None, download: bool = False) -> Sequence[dict]:
     """Random-access examples {'image': uint8 [H, W, C], 'label': int} of a data set split.
 
+    tfds sources are wrapped in a `CachedSource`: each example is decoded once (up to 512 MB).
+
     Args:
       name: one of `NAMES` ('lsun/<category>' with a tfds LSUN category, e.g. 'lsun/bedroom').
       split: 'train', 'eval' (the official evaluation split of that data set) or a tfds split.
@@ -313,8 +316,8 @@ def open_source(name: str, split: str = "train", data_dir: str | os.PathLike | N
     if name == "digits":
         from score_jax import digits
 
-        return digits.prepare(_data_dir(data_dir)).as_data_source(split=split)
-    return _tfds_source(tfds_name, split, data_dir, download)
+        return CachedSource(digits.prepare(_data_dir(data_dir)).as_data_source(split=split))
+    return CachedSource(_tfds_source(tfds_name, split, data_dir, download))
 
 
 # ----------------------------------------------------------------------------- batches
