@@ -63,7 +63,7 @@ ADDITION_EXCEPTIONS = {
               "eval.sample_metrics": ("fd_digits", "is_digits", "class_histogram"),
               "sample.num": 16, "sample.batch_size": 16, "classifier.name": "digits_noise_conditional",
               "classifier.lr": 2e-3, "classifier.n_iters": 1500, "classifier.ema_rate": 0.99,
-              "classifier.eps": 1e-3, "sample.scale": 4.0}
+              "classifier.eps": 1e-3, "sample.scale": 4.0, "eval.bpd_error_control": "rms"}
        for name in DIGITS},
 }
 ADDITION_EXCEPTIONS["vp/digits_ddpmpp_continuous"]["sampling.s_churn"] = 10.0
