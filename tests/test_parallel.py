@@ -10,6 +10,8 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import subprocess_xla_flags
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 SCRIPT = r"""
@@ -69,7 +71,7 @@ json.dump(out, open(sys.argv[1], "w"))
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     root = tmp_path_factory.mktemp("parallel")
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+    env = dict(os.environ, XLA_FLAGS=subprocess_xla_flags("--xla_force_host_platform_device_count=8"),
                JAX_PLATFORMS="cpu", TFDS_DATA_DIR=str(root / "tfds"),
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     # 130-140 s on a quiet 2-core machine, but over 300 s next to the other test worker on a loaded
