@@ -27,7 +27,7 @@ from score_jax.errors import InvalidInputError
 Array = jax.Array
 Dtype = Any
 Initializer = Callable[..., Array]
-Normalizer = Callable[[], nn.Module]  # a zero-argument module factory, e.g. partial(nn.GroupNorm, ...)
+Normalizer = Callable[[], nn.Module]  # a zero-argument module factory, e.g. partial(GroupNorm, ...)
 
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "elu": nn.elu,

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from score_jax.models import up_or_down_sampling as updown
+from score_jax.models.group_norm import GroupNorm
 from score_jax.models.layers import (NIN, ddpm_conv1x1, ddpm_conv3x3, default_init,
                                      nearest_upsample_2x, spatial_attention)
 from score_jax.errors import InvalidInputError
@@ -32,9 +33,9 @@ SQRT2 = math.sqrt(2.0)  # dividing a sum of two unit-variance branches by it kee
 COMBINE_METHODS = ("cat", "sum")
 
 
-def group_norm(channels: int, dtype: Optional[Dtype] = None) -> nn.GroupNorm:
+def group_norm(channels: int, dtype: Optional[Dtype] = None) -> GroupNorm:
     """The NCSN++ GroupNorm: min(C // 4, 32) groups, created in the caller's scope."""
-    return nn.GroupNorm(num_groups=min(channels // 4, 32), dtype=dtype)
+    return GroupNorm(num_groups=min(channels // 4, 32), dtype=dtype)
 
 
 def skip_sum(x: Array, h: Array, skip_rescale: bool) -> Array:
