@@ -1,5 +1,5 @@
 """score_jax's GroupNorm against flax.linen.GroupNorm (autodiff of flax's formula): same parameter
-tree, outputs and gradients to float32 rounding, on both the CPU (fused) path and the plain one."""
+tree, outputs and gradients to float32 rounding, on the CPU's fused path and flax's own."""
 
 import flax.linen as nn
 import jax
@@ -15,8 +15,9 @@ def _loss(norm, variables, x, w):
     return jnp.sum(jnp.sin(norm.apply(variables, x).astype(jnp.float32)) * w)
 
 
-@pytest.mark.parametrize("shape,groups,eps", [((3, 8, 8, 64), 16, 1e-6), ((2, 4, 4, 12), 3, 1e-5),
-                                              ((2, 5, 6), 2, 1e-6)])
+# 16x16 and 8x32 take the fused path on the CPU (MIN_FUSED_POSITIONS), the others the plain one.
+@pytest.mark.parametrize("shape,groups,eps", [((2, 16, 16, 32), 8, 1e-6), ((3, 8, 32, 12), 3, 1e-5),
+                                              ((3, 8, 8, 64), 16, 1e-6), ((2, 5, 6), 2, 1e-6)])
 def test_matches_flax_forward_and_gradients(shape, groups, eps):
     kx, kp, kw = jax.random.split(jax.random.PRNGKey(0), 3)
     x = 3.0 * jax.random.normal(kx, shape) + 1.5  # a mean far from 0 stresses E[x^2] - E[x]^2
@@ -35,12 +36,14 @@ def test_matches_flax_forward_and_gradients(shape, groups, eps):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(b))))
 
 
-def test_plain_path_equals_fused_path():
-    """The formula used off the CPU (autodiff) and the fused VJP agree."""
+def test_fused_function_matches_flax_at_any_size():
+    """The fused VJP itself, also below MIN_FUSED_POSITIONS (where the layer calls flax)."""
+    assert gn_lib.MIN_FUSED_POSITIONS <= 256
     x = jax.random.normal(jax.random.PRNGKey(1), (2, 4, 4, 8))
     scale, bias = jnp.linspace(0.5, 2.0, 8), jnp.linspace(-1.0, 1.0, 8)
     fused = gn_lib._make_fused(4, 1e-6)
-    plain = lambda x, s, b: gn_lib.group_norm(x, s, b, 4, 1e-6)  # noqa: E731
+    flax_gn = nn.GroupNorm(num_groups=4)
+    plain = lambda x, s, b: flax_gn.apply({"params": {"scale": s, "bias": b}}, x)  # noqa: E731
     np.testing.assert_allclose(fused(x, scale, bias), plain(x, scale, bias), rtol=1e-6, atol=1e-6)
     loss = lambda f: lambda *a: jnp.sum(f(*a) ** 3)  # noqa: E731
     for a, b in zip(jax.grad(loss(fused), argnums=(0, 1, 2))(x, scale, bias),
