@@ -1,4 +1,5 @@
-"""Test-wide JAX settings: score_jax's XLA:CPU flags, catch silent broadcasting slips, float32."""
+"""Test-wide JAX settings: score_jax's XLA:CPU flags, catch silent broadcasting slips, float32
+products at full precision."""
 
 import os
 import pathlib
@@ -27,6 +28,10 @@ def subprocess_xla_flags(extra: str = "") -> str:
 os.environ["XLA_FLAGS"] = subprocess_xla_flags(os.environ.get("XLA_FLAGS", ""))
 xla_cpu.configure()  # then the kernels main.py uses (XLA_FLAGS is read when the backend starts)
 jax.config.update("jax_numpy_rank_promotion", "raise")
+# The references are float32 (or float64) results; on GPUs XLA's default float32 convolutions and
+# dots run in TF32 (10-bit mantissa), which is a speed choice of the user, not of the maths tested.
+# The CPU computes float32 products in full either way.
+jax.config.update("jax_default_matmul_precision", "highest")
 
 # The official parity data ships with the tests; SCORE_JAX_FIXTURES may point at another copy.
 FIXTURES = pathlib.Path(os.environ.get(
