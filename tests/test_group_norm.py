@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from score_jax.models import cpu_sums
 from score_jax.models import group_norm as gn_lib
 
 
@@ -15,7 +16,7 @@ def _loss(norm, variables, x, w):
     return jnp.sum(jnp.sin(norm.apply(variables, x).astype(jnp.float32)) * w)
 
 
-# 16x16 and 8x32 take the fused path on the CPU (MIN_FUSED_POSITIONS), the others the plain one.
+# 16x16 and 8x32 take the fused path on the CPU (cpu_sums.MIN_POSITIONS), the others the plain one.
 @pytest.mark.parametrize("shape,groups,eps", [((2, 16, 16, 32), 8, 1e-6), ((3, 8, 32, 12), 3, 1e-5),
                                               ((3, 8, 8, 64), 16, 1e-6), ((2, 5, 6), 2, 1e-6)])
 def test_matches_flax_forward_and_gradients(shape, groups, eps):
@@ -37,8 +38,8 @@ def test_matches_flax_forward_and_gradients(shape, groups, eps):
 
 
 def test_fused_function_matches_flax_at_any_size():
-    """The fused VJP itself, also below MIN_FUSED_POSITIONS (where the layer calls flax)."""
-    assert gn_lib.MIN_FUSED_POSITIONS <= 256
+    """The fused VJP itself, also below cpu_sums.MIN_POSITIONS (where the layer calls flax)."""
+    assert cpu_sums.MIN_POSITIONS <= 256
     x = jax.random.normal(jax.random.PRNGKey(1), (2, 4, 4, 8))
     scale, bias = jnp.linspace(0.5, 2.0, 8), jnp.linspace(-1.0, 1.0, 8)
     fused = gn_lib._make_fused(4, 1e-6)
@@ -49,11 +50,6 @@ def test_fused_function_matches_flax_at_any_size():
     for a, b in zip(jax.grad(loss(fused), argnums=(0, 1, 2))(x, scale, bias),
                     jax.grad(loss(plain), argnums=(0, 1, 2))(x, scale, bias)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
-
-
-def test_spatial_sum_is_the_sum():
-    a = jax.random.normal(jax.random.PRNGKey(2), (3, 5, 7, 4))
-    np.testing.assert_allclose(gn_lib.spatial_sum(a), a.sum(axis=(1, 2)), rtol=1e-5, atol=1e-5)
 
 
 def test_bf16_compute_keeps_float32_statistics():

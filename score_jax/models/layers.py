@@ -23,6 +23,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from score_jax.errors import InvalidInputError
+from score_jax.models import cpu_sums
+from score_jax.models.conv import Conv
 
 Array = jax.Array
 Dtype = Any
@@ -56,7 +58,7 @@ def default_init(scale: float = 1.0) -> Initializer:
 def ddpm_conv1x1(x: Array, out_planes: int, stride: int = 1, bias: bool = True, dilation: int = 1,
                  init_scale: float = 1.0, dtype: Optional[Dtype] = None) -> Array:
     """1x1 convolution with DDPM init, created in the caller's scope: x [B,H,W,C] -> [B,H',W',out]."""
-    return nn.Conv(out_planes, kernel_size=(1, 1), strides=(stride, stride), padding="SAME",
+    return Conv(out_planes, kernel_size=(1, 1), strides=(stride, stride), padding="SAME",
                    use_bias=bias, kernel_dilation=(dilation, dilation), kernel_init=default_init(init_scale),
                    bias_init=jax.nn.initializers.zeros, dtype=dtype)(x)
 
@@ -64,7 +66,7 @@ def ddpm_conv1x1(x: Array, out_planes: int, stride: int = 1, bias: bool = True, 
 def ddpm_conv3x3(x: Array, out_planes: int, stride: int = 1, bias: bool = True, dilation: int = 1,
                  init_scale: float = 1.0, dtype: Optional[Dtype] = None) -> Array:
     """3x3 convolution with DDPM init, created in the caller's scope: x [B,H,W,C] -> [B,H',W',out]."""
-    return nn.Conv(out_planes, kernel_size=(3, 3), strides=(stride, stride), padding="SAME",
+    return Conv(out_planes, kernel_size=(3, 3), strides=(stride, stride), padding="SAME",
                    use_bias=bias, kernel_dilation=(dilation, dilation), kernel_init=default_init(init_scale),
                    bias_init=jax.nn.initializers.zeros, dtype=dtype)(x)
 
@@ -97,7 +99,7 @@ class NIN(nn.Module):
         b = self.param("b", jax.nn.initializers.zeros, (self.num_units,))
         dtype = self.dtype or jnp.result_type(x, w)
         y = jnp.tensordot(x.astype(dtype), w.astype(dtype), axes=1)
-        return y + jnp.reshape(b.astype(dtype), (1,) * (y.ndim - 1) + (-1,))
+        return cpu_sums.add_bias(y, b.astype(dtype))
 
 
 def spatial_attention(q: Array, k: Array, v: Array) -> Array:
@@ -179,7 +181,7 @@ class ResnetBlockDDPM(nn.Module):
         h = ddpm_conv3x3(h, out_ch, dtype=self.dtype)
         if temb is not None:
             bias = nn.Dense(out_ch, kernel_init=default_init(), dtype=self.dtype)(self.act(temb))
-            h = h + bias[:, None, None, :]
+            h = cpu_sums.add_example_bias(h, bias)
         h = self.act(self.normalize()(h))
         h = nn.Dropout(self.dropout)(h, deterministic=not train)
         h = ddpm_conv3x3(h, out_ch, init_scale=0.0, dtype=self.dtype)

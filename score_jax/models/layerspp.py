@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from score_jax.models import cpu_sums
 from score_jax.models import up_or_down_sampling as updown
 from score_jax.models.group_norm import GroupNorm
 from score_jax.models.layers import (NIN, ddpm_conv1x1, ddpm_conv3x3, default_init,
@@ -144,7 +145,7 @@ def _add_time_bias(h: Array, temb: Optional[Array], act: Callable[[Array], Array
     if temb is None:
         return h
     bias = nn.Dense(out_ch, kernel_init=default_init(), dtype=dtype)(act(temb))
-    return h + bias[:, None, None, :]
+    return cpu_sums.add_example_bias(h, bias)
 
 
 class ResnetBlockDDPMpp(nn.Module):
