@@ -17,8 +17,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
     # training
     config.training = training = ml_collections.ConfigDict()
     training.batch_size = 64
-    training.n_iters = 1000
-    training.snapshot_freq = 500
+    training.n_iters = 1400
+    training.snapshot_freq = 700
     training.log_freq = 50
     training.eval_freq = 100
     training.snapshot_freq_for_preemption = 100
@@ -48,7 +48,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     default_additions.add_fast_sampler_fields(sampling)
 
     # evaluation: checkpoint n is the snapshot at step n * snapshot_freq; the quick start
-    # evaluates only the last one (2 = step 1000). One batch of 304 covers the 297 test digits.
+    # evaluates only the last one (2 = step 1400). One batch of 304 covers the 297 test digits.
     config.eval = evaluate = ml_collections.ConfigDict()
     evaluate.begin_ckpt = 2
     evaluate.end_ckpt = 2
@@ -69,8 +69,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
     evaluate.dequantization = 'uniform'
     # score_jax: step control of the bits/dim solve: 'per_part' (data and log-density judged apart,
     # ~30x more accurate) or 'rms' (the official RK45 semantics: 1.4-1.9x fewer evaluations). The
-    # quick start takes 'rms': on its model 86 evaluations and 79 s against 134 and 108 s, for
-    # 5.222 against 5.216 bits/dim (bench/quickstart.py).
+    # quick start takes 'rms': on its earlier nf-32 model 86 evaluations and 79 s against 134 and
+    # 108 s, for 5.222 against 5.216 bits/dim (bench/quickstart.py).
     evaluate.bpd_error_control = 'rms'
     # Sample quality by the shipped digits classifier (not FID: no Inception offline): the
     # Frechet distance of its features to the train split's, its Inception-Score formula and the

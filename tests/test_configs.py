@@ -209,13 +209,13 @@ def test_digits_configs():
     assert (vp.data.dataset, vp.data.image_size, vp.data.num_channels) == ("digits", 8, 1)
     assert vp.data.random_flip is False and vp.data.centered is True
     model = vp.model
-    assert (model.nf, model.ch_mult, model.num_res_blocks, model.attn_resolutions) == (32, (1, 2), 1, ())
+    assert (model.nf, model.ch_mult, model.num_res_blocks, model.attn_resolutions) == (24, (1, 2), 1, ())
     for flag in ("name", "fir", "progressive", "progressive_input", "embedding_type", "scale_by_sigma",
                  "resblock_type", "skip_rescale", "init_scale", "attention_type", "conditional"):
         assert vp.model[flag] == cifar.model[flag], flag  # the DDPM++ flags
-    assert (vp.training.batch_size, vp.optim.lr, vp.optim.warmup, vp.training.n_iters) == (64, 1e-3, 100, 1000)
+    assert (vp.training.batch_size, vp.optim.lr, vp.optim.warmup, vp.training.n_iters) == (64, 1e-3, 100, 1400)
     assert (vp.model.ema_rate, vp.model.ema_warmup, vp.sampling.method) == (0.999, True, "heun")
-    assert (vp.training.snapshot_freq, vp.training.snapshot_freq_for_preemption) == (500, 100)
+    assert (vp.training.snapshot_freq, vp.training.snapshot_freq_for_preemption) == (700, 100)
     assert (vp.training.log_freq, vp.training.eval_freq) == (50, 100)
     assert (vp.eval.batch_size, vp.eval.num_samples) == (304, 608)
     assert vp.eval.batch_size % 8 == 0 and vp.eval.bpd_rtol == vp.eval.bpd_atol == 1e-3

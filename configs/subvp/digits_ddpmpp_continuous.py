@@ -31,7 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
     model.ema_rate = 0.999
     model.normalization = 'GroupNorm'
     model.nonlinearity = 'swish'
-    model.nf = 32
+    model.nf = 24
     model.ch_mult = (1, 2)
     model.num_res_blocks = 1
     model.attn_resolutions = ()  # see vp/digits_ddpmpp_continuous.py

@@ -59,16 +59,16 @@ def ddpm_conv1x1(x: Array, out_planes: int, stride: int = 1, bias: bool = True, 
                  init_scale: float = 1.0, dtype: Optional[Dtype] = None) -> Array:
     """1x1 convolution with DDPM init, created in the caller's scope: x [B,H,W,C] -> [B,H',W',out]."""
     return Conv(out_planes, kernel_size=(1, 1), strides=(stride, stride), padding="SAME",
-                   use_bias=bias, kernel_dilation=(dilation, dilation), kernel_init=default_init(init_scale),
-                   bias_init=jax.nn.initializers.zeros, dtype=dtype)(x)
+                use_bias=bias, kernel_dilation=(dilation, dilation), kernel_init=default_init(init_scale),
+                bias_init=jax.nn.initializers.zeros, dtype=dtype)(x)
 
 
 def ddpm_conv3x3(x: Array, out_planes: int, stride: int = 1, bias: bool = True, dilation: int = 1,
                  init_scale: float = 1.0, dtype: Optional[Dtype] = None) -> Array:
     """3x3 convolution with DDPM init, created in the caller's scope: x [B,H,W,C] -> [B,H',W',out]."""
     return Conv(out_planes, kernel_size=(3, 3), strides=(stride, stride), padding="SAME",
-                   use_bias=bias, kernel_dilation=(dilation, dilation), kernel_init=default_init(init_scale),
-                   bias_init=jax.nn.initializers.zeros, dtype=dtype)(x)
+                use_bias=bias, kernel_dilation=(dilation, dilation), kernel_init=default_init(init_scale),
+                bias_init=jax.nn.initializers.zeros, dtype=dtype)(x)
 
 
 def get_timestep_embedding(timesteps: Array, embedding_dim: int, max_positions: int = 10000) -> Array:
