@@ -15,6 +15,7 @@ reductions), everything here is the plain formula under autodiff.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -50,55 +51,34 @@ def _channel_sum(a: Array) -> Array:
     return spatial_sum(flat)[0]
 
 
-def _plain_bias(y: Array, b: Array) -> Array:
-    return y + b.astype(y.dtype).reshape((1,) * (y.ndim - 1) + (-1,))
+def _plain_add(y: Array, v: Array, per_example: bool) -> Array:
+    """y [N, ..., C] + v ([N, C] if per_example else [C]) broadcast over the positions."""
+    lead = (v.shape[0],) if per_example else (1,)
+    return y + v.astype(y.dtype).reshape(lead + (1,) * (y.ndim - 2) + (v.shape[-1],))
 
 
-def _plain_example_bias(y: Array, v: Array) -> Array:
-    return y + v.astype(y.dtype).reshape((v.shape[0],) + (1,) * (y.ndim - 2) + (v.shape[1],))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _add(y: Array, v: Array, per_example: bool) -> Array:
+    return _plain_add(y, v, per_example)
 
 
-@jax.custom_vjp
-def _add_bias(y: Array, b: Array) -> Array:
-    return _plain_bias(y, b)
+def _add_fwd(y, v, per_example):
+    return _plain_add(y, v, per_example), v
 
 
-def _add_bias_fwd(y, b):
-    return _add_bias(y, b), b
+def _add_bwd(per_example, v, g):
+    sums = spatial_sum(g) if per_example else _channel_sum(g)
+    return g, sums.astype(v.dtype)
 
 
-def _add_bias_bwd(b, g):
-    return g, _channel_sum(g).astype(b.dtype)
-
-
-_add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
-
-
-@jax.custom_vjp
-def _add_example_bias(y: Array, v: Array) -> Array:
-    return _plain_example_bias(y, v)
-
-
-def _add_example_bias_fwd(y, v):
-    return _add_example_bias(y, v), v
-
-
-def _add_example_bias_bwd(v, g):
-    return g, spatial_sum(g).astype(v.dtype)
-
-
-_add_example_bias.defvjp(_add_example_bias_fwd, _add_example_bias_bwd)
+_add.defvjp(_add_fwd, _add_bwd)
 
 
 def add_bias(y: Array, b: Array) -> Array:
     """y [N, ..., C] + b [C] (in y's dtype); on the CPU its gradient in b is a product with ones."""
-    if use_products(y):
-        return _add_bias(y, b)
-    return _plain_bias(y, b)
+    return (_add if use_products(y) else _plain_add)(y, b, False)
 
 
 def add_example_bias(y: Array, v: Array) -> Array:
     """y [N, ..., C] + v [N, C] at every position; on the CPU its gradient in v is a product."""
-    if use_products(y):
-        return _add_example_bias(y, v)
-    return _plain_example_bias(y, v)
+    return (_add if use_products(y) else _plain_add)(y, v, True)
