@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from score_jax.errors import InvalidInputError
 from score_jax.models import cpu_sums
 from score_jax.models.conv import Conv
+from score_jax.models.grad_barrier import grad_barrier
 
 Array = jax.Array
 Dtype = Any
@@ -190,4 +191,4 @@ class ResnetBlockDDPM(nn.Module):
                 x = ddpm_conv3x3(x, out_ch, dtype=self.dtype)
             else:
                 x = NIN(out_ch, dtype=self.dtype)(x)
-        return x + h
+        return grad_barrier(x + h)  # see grad_barrier.py
