@@ -16,7 +16,7 @@ References:
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -49,9 +49,25 @@ def clip_by_global_norm(clip: float) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
+class OfficialAdam(NamedTuple):
+    """get_optimizer's optax transformation (`init`, `update`) and the hyperparameters of its chain.
+
+    Anything that takes an optax transformation takes it; `guarded_update` uses the
+    hyperparameters to update every leaf in place (see there).
+    """
+
+    init: Callable[[Any], Any]
+    update: Callable[..., tuple[Any, Any]]
+    beta1: float
+    beta2: float
+    eps: float
+    weight_decay: float
+    grad_clip: float
+
+
 def get_optimizer(name: str = "Adam", *, lr: float, beta1: float = 0.9, beta2: float = 0.999,
                   eps: float = 1e-8, weight_decay: float = 0.0, warmup: int = 0,
-                  grad_clip: float = -1.0) -> optax.GradientTransformation:
+                  grad_clip: float = -1.0) -> OfficialAdam:
     """The official optimiser as one optax chain (see module docstring).
 
     Args:
@@ -85,7 +101,60 @@ def get_optimizer(name: str = "Adam", *, lr: float, beta1: float = 0.9, beta2: f
         parts.append(optax.scale_by_learning_rate(learning_rate))
         return optax.chain(*parts)
 
-    return optax.inject_hyperparams(chain)(learning_rate=warmup_schedule(lr, warmup))
+    tx = optax.inject_hyperparams(chain)(learning_rate=warmup_schedule(lr, warmup))
+    return OfficialAdam(tx.init, tx.update, float(beta1), float(beta2), float(eps),
+                        float(weight_decay), float(grad_clip))
+
+
+def guarded_update(opt: OfficialAdam, grads: Any, grad_norm: Array, finite: Array, params: Any,
+                   opt_state: Any, params_ema: Any, ema_decay: Array) -> tuple[Any, Any, Any, Array]:
+    """(params, opt_state, params_ema) after one update of `opt` and the EMA, or as given if not
+    finite, and the learning rate of the update.
+
+    The values of `opt.update`, `optax.apply_updates` and `ema_update`, each leaf then chosen by
+    `where(finite, new, old)`, in another order: the Adam moments are chosen first and the step is
+    computed from the chosen moments, the EMA from the chosen parameters. Then each leaf of the
+    state is read and written once, in place: in the plain order the step reads the old moments
+    after their in-place update, so XLA copies the moments and parameters (the whole state) every
+    step. `grad_norm` is the global norm of `grads`, as clipping computes it.
+    """
+    # Only the scalars (counts, injected learning rate) of this update survive XLA's dead-code
+    # elimination; the leaves are computed below.
+    _, ref = opt.update(grads, opt_state, params)
+    adam_at = next(i for i, part in enumerate(ref.inner_state)
+                   if isinstance(part, optax.ScaleByAdamState))
+    adam = ref.inner_state[adam_at]  # its count is the updated one, its moments are not used
+    lr = ref.hyperparams["learning_rate"]
+    scale = (opt.grad_clip / jnp.maximum(grad_norm, opt.grad_clip)) if opt.grad_clip >= 0 else None
+    correct1, correct2 = 1 - opt.beta1 ** adam.count, 1 - opt.beta2 ** adam.count
+
+    def moments(g, mu, nu):
+        g = g if scale is None else g * scale.astype(g.dtype)
+        mu_new = (1 - opt.beta1) * g + opt.beta1 * mu
+        nu_new = (1 - opt.beta2) * g ** 2 + opt.beta2 * nu
+        return jnp.where(finite, mu_new, mu), jnp.where(finite, nu_new, nu)
+
+    def param(p, mu, nu):
+        step = (mu / correct1.astype(mu.dtype)) / (jnp.sqrt(nu / correct2.astype(nu.dtype)) + opt.eps)
+        if opt.weight_decay > 0:
+            step = step + opt.weight_decay * p
+        return jnp.where(finite, jnp.asarray(p + (-lr) * step).astype(p.dtype), p)
+
+    def ema(e, p):
+        return jnp.where(finite, e * ema_decay.astype(e.dtype) + p * (1 - ema_decay).astype(p.dtype), e)
+
+    old_adam = opt_state.inner_state[adam_at]
+    chosen = jax.tree.map(moments, grads, old_adam.mu, old_adam.nu)
+    mu = jax.tree.map(lambda _, c: c[0], params, chosen)
+    nu = jax.tree.map(lambda _, c: c[1], params, chosen)
+    new_params = jax.tree.map(param, params, mu, nu)
+    new_ema = jax.tree.map(ema, params_ema, new_params)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+    inner = tuple(optax.ScaleByAdamState(keep(part.count, old.count), mu, nu) if i == adam_at
+                  else keep(part, old)
+                  for i, (part, old) in enumerate(zip(ref.inner_state, opt_state.inner_state)))
+    small = keep(ref._replace(inner_state=()), opt_state._replace(inner_state=()))
+    return new_params, small._replace(inner_state=inner), new_ema, jnp.asarray(lr, jnp.float32)
 
 
 def current_learning_rate(opt_state: Any) -> Array:

@@ -75,17 +75,26 @@ class TrainStep:
         grad_fn = jax.value_and_grad(self.loss_fn, argnums=1, has_aux=True)
         (loss, model_state), grads = grad_fn(key, state.params, state.model_state, x)
         grad_norm = optax.tree.norm(grads)
-        updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
         rate = optim.ema_rate(state.step, self.ema_rate, self.ema_warmup)
-        updated = TrainState(step=state.step + 1, params=params, opt_state=opt_state,
-                             params_ema=optim.ema_update(state.params_ema, params, rate),
-                             model_state=model_state, key=state.key)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         held = state.replace(step=state.step + 1) if self.nan_policy == "skip" else state
-        metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite,
-                   "lr": optim.current_learning_rate(opt_state)}
-        return _select(finite, updated, held), metrics
+        if isinstance(self.optimizer, optim.OfficialAdam):
+            params, opt_state, params_ema, lr = optim.guarded_update(
+                self.optimizer, grads, grad_norm, finite, state.params, state.opt_state,
+                state.params_ema, rate)
+            new = state.replace(step=state.step + 1, model_state=model_state)
+            new = _select(finite, new, held)
+            new = new.replace(params=params, opt_state=opt_state, params_ema=params_ema)
+        else:
+            updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
+            updated = TrainState(step=state.step + 1, params=params, opt_state=opt_state,
+                                 params_ema=optim.ema_update(state.params_ema, params, rate),
+                                 model_state=model_state, key=state.key)
+            new = _select(finite, updated, held)
+            lr = optim.current_learning_rate(opt_state)
+        metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite, "lr": lr}
+        return new, metrics
 
 
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, ema_rate: float,
