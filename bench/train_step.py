@@ -50,12 +50,22 @@ class SmallConvNet(nn.Module):
         return nn.Conv(x.shape[-1], (3, 3))(h)
 
 
-def config_train_step(config_module: str, batch: int):
+def load_config(config_module: str, overrides: dict | None = None):
+    """`config_module`'s config with {"section.field": value} overrides applied."""
+    config = importlib.import_module(config_module).get_config()
+    for path, value in (overrides or {}).items():
+        section, field = path.split(".")
+        config[section][field] = value
+    return config
+
+
+def config_train_step(config_module: str, batch: int, overrides: dict | None = None):
     """A config's train step (unjitted), its step-0 state and one batch [B, H, W, C] in [-1, 1].
 
-    Built from train_state, losses, optim and the registry (as train.py does), with config.seed.
+    Built from train_state, losses, optim and the registry (as train.py does), with config.seed;
+    `overrides` ({"model.nf": 32}) change fields of the config first.
     """
-    config = importlib.import_module(config_module).get_config()
+    config = load_config(config_module, overrides)
     m, o, t, d = config.model, config.optim, config.training, config.data
     sdes = {"vpsde": sde_lib.VPSDE, "subvpsde": sde_lib.SubVPSDE}
     sde = sdes[t.sde.lower()](beta_min=m.beta_min, beta_max=m.beta_max, N=m.num_scales)

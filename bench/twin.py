@@ -2,7 +2,7 @@
 
   python bench/twin.py --official /path/to/score_sde_pytorch --torch_python /path/to/venv/bin/python
       [--configs digits,cifar10] [--steps 5] [--rounds 4] [--warmup 3] [--threads 0]
-      [--xla_flags="..."] [--baseline_xla_flags="..."]
+      [--xla_flags="..."] [--baseline_xla_flags="..."] [--override model.nf=32 ...]
 
 Each side is a long-lived subprocess that builds its own train step for the same config and batch
 (score_jax: bench/train_step.py's `config_train_step`, i.e. `train_state.make_train_step` over
@@ -24,7 +24,9 @@ too (the faster torch setting is the fair one).
 
 Configs: 'cifar10' = configs/vp/cifar10_ddpmpp_continuous at batch 8, 'digits' =
 configs/vp/digits_ddpmpp_continuous at batch 64 (the official side takes the official CIFAR-10
-DDPM++ config with every model / data / optim field set to score_jax's value).
+DDPM++ config with every model / data / optim field set to score_jax's value). `--override
+section.field=value` changes a field on both sides (e.g. model.nf=32, the digits width before the
+quick-start default became nf 24).
 """
 
 from __future__ import annotations
@@ -62,13 +64,13 @@ def _serve(step_once, warmup: int) -> None:
         print(json.dumps({"times": times}), flush=True)
 
 
-def _jax_worker(config_module: str, batch: int, warmup: int) -> None:
+def _jax_worker(config_module: str, batch: int, warmup: int, overrides: dict) -> None:
     """score_jax side: the train step of `config_module` at `batch`, jitted, state donated."""
     sys.path.insert(0, str(ROOT / "bench"))
     import jax
     from train_step import config_train_step  # applies score_jax's XLA:CPU defaults
 
-    step, state, x = config_train_step(config_module, batch)
+    step, state, x = config_train_step(config_module, batch, overrides)
     step = jax.jit(step, donate_argnums=0)
     holder = {"state": state}
 
@@ -79,12 +81,12 @@ def _jax_worker(config_module: str, batch: int, warmup: int) -> None:
     _serve(step_once, warmup)
 
 
-def _config_fields(config_module: str) -> dict:
+def _config_fields(config_module: str, overrides: dict) -> dict:
     """The JSON-able model / data / optim / training fields of a score_jax config."""
-    sys.path.insert(0, str(ROOT))
-    import importlib
+    sys.path.insert(0, str(ROOT / "bench"))
+    from train_step import load_config
 
-    config = importlib.import_module(config_module).get_config()
+    config = load_config(config_module, overrides)
     out = {}
     for section in SECTIONS:
         fields = {}
@@ -179,6 +181,20 @@ class Side:
         self.proc.wait()
 
 
+def _parse_overrides(items: list[str]) -> dict:
+    """['model.nf=32', ...] -> {'model.nf': 32}, values read as JSON where they parse."""
+    out = {}
+    for item in items:
+        path, sep, text = item.partition("=")
+        if not sep or path.count(".") != 1:
+            raise SystemExit(f"--override: expected section.field=value, got {item!r}.")
+        try:
+            out[path] = json.loads(text)
+        except json.JSONDecodeError:
+            out[path] = text
+    return out
+
+
 def _uptime() -> str:
     try:
         return "load average " + " ".join(pathlib.Path("/proc/loadavg").read_text().split()[:3])
@@ -190,9 +206,11 @@ def _compare(name: str, args, torch_ready: bool) -> None:
     config_module, batch = CONFIGS[name]
     me = str(pathlib.Path(__file__).resolve())
     base = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
-    common = ["--config_module", config_module, "--batch", str(batch),
-              "--warmup", str(args.warmup), "--threads", str(args.threads)]
-    print(f"[bench/twin] {name}: {config_module}, batch {batch}; {_uptime()}", flush=True)
+    overrides = _parse_overrides(args.override)
+    common = ["--config_module", config_module, "--batch", str(batch), "--overrides",
+              json.dumps(overrides), "--warmup", str(args.warmup), "--threads", str(args.threads)]
+    print(f"[bench/twin] {name}: {config_module}, batch {batch}, overrides {overrides}; "
+          f"{_uptime()}", flush=True)
     sides = [Side("score_jax", [sys.executable, me, "--worker", "jax", *common],
                   dict(base, XLA_FLAGS=args.xla_flags), ROOT)]
     if args.baseline_xla_flags is not None:
@@ -201,7 +219,7 @@ def _compare(name: str, args, torch_ready: bool) -> None:
                           dict(base, XLA_FLAGS=args.baseline_xla_flags,
                                SCORE_JAX_XLA_DEFAULTS="0"), ROOT))
     if torch_ready:
-        fields = json.dumps(_config_fields(config_module))
+        fields = json.dumps(_config_fields(config_module, overrides))
         sides.append(Side(f"pytorch (official, {args.threads or os.cpu_count()} thr)",
                           [args.torch_python, me, "--worker", "torch", "--official",
                            args.official, "--fields", fields, *common],
@@ -233,13 +251,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     parser.add_argument("--xla_flags", default=os.environ.get("XLA_FLAGS", ""))
     parser.add_argument("--baseline_xla_flags", default=None)
+    parser.add_argument("--override", action="append", default=[],
+                        help="section.field=value for both sides (repeatable), e.g. model.nf=32")
     parser.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)
+    parser.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
     parser.add_argument("--config_module", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--fields", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker == "jax":
-        return _jax_worker(args.config_module, args.batch, args.warmup)
+        return _jax_worker(args.config_module, args.batch, args.warmup, json.loads(args.overrides))
     if args.worker == "torch":
         return _torch_worker(args.official, json.loads(args.fields), args.batch, args.warmup,
                              args.threads)
