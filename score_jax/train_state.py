@@ -82,9 +82,9 @@ class TrainStep:
             params, opt_state, params_ema, lr = optim.guarded_update(
                 self.optimizer, grads, grad_norm, finite, state.params, state.opt_state,
                 state.params_ema, rate)
-            new = state.replace(step=state.step + 1, model_state=model_state)
-            new = _select(finite, new, held)
-            new = new.replace(params=params, opt_state=opt_state, params_ema=params_ema)
+            new = state.replace(step=jnp.where(finite, state.step + 1, held.step),
+                                params=params, opt_state=opt_state, params_ema=params_ema,
+                                model_state=_select(finite, model_state, state.model_state))
         else:
             updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
