@@ -16,6 +16,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -35,6 +36,12 @@ def warmup_schedule(lr: float, warmup: int) -> Callable[[Array], Array]:
     return lambda count: lr * jnp.minimum(count / warmup, 1.0)
 
 
+def _clip(grads: Any, norm: Array, clip: float) -> Any:
+    """grads * clip / max(norm, clip), leaf by leaf in each leaf's dtype."""
+    scale = clip / jnp.maximum(norm, clip)
+    return jax.tree.map(lambda g: g * scale.astype(g.dtype), grads)
+
+
 def clip_by_global_norm(clip: float) -> optax.GradientTransformation:
     """Scale the whole gradient tree by clip / max(||grad||_2, clip) (the official clipping)."""
     if not clip > 0:
@@ -43,8 +50,7 @@ def clip_by_global_norm(clip: float) -> optax.GradientTransformation:
 
     def update(updates: Any, state: optax.EmptyState, params: Any = None) -> tuple[Any, Any]:
         del params
-        scale = clip / jnp.maximum(optax.tree.norm(updates), clip)
-        return jax.tree.map(lambda g: g * scale.astype(g.dtype), updates), state
+        return _clip(updates, optax.tree.norm(updates), clip), state
 
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
@@ -126,31 +132,24 @@ def guarded_update(opt: OfficialAdam, grads: Any, grad_norm: Array, finite: Arra
                    if isinstance(part, optax.ScaleByAdamState))
     adam = ref.inner_state[adam_at]  # its count is the updated one, its moments are not used
     lr = ref.hyperparams["learning_rate"]
-    scale = (opt.grad_clip / jnp.maximum(grad_norm, opt.grad_clip)) if opt.grad_clip >= 0 else None
     correct1, correct2 = 1 - opt.beta1 ** adam.count, 1 - opt.beta2 ** adam.count
-
-    def moments(g, mu, nu):
-        g = g if scale is None else g * scale.astype(g.dtype)
-        mu_new = (1 - opt.beta1) * g + opt.beta1 * mu
-        nu_new = (1 - opt.beta2) * g ** 2 + opt.beta2 * nu
-        return jnp.where(finite, mu_new, mu), jnp.where(finite, nu_new, nu)
+    if opt.grad_clip >= 0:
+        grads = _clip(grads, grad_norm, opt.grad_clip)
+    keep = functools.partial(optax.tree.where, finite)
 
     def param(p, mu, nu):
         step = (mu / correct1.astype(mu.dtype)) / (jnp.sqrt(nu / correct2.astype(nu.dtype)) + opt.eps)
         if opt.weight_decay > 0:
             step = step + opt.weight_decay * p
-        return jnp.where(finite, jnp.asarray(p + (-lr) * step).astype(p.dtype), p)
-
-    def ema(e, p):
-        return jnp.where(finite, e * ema_decay.astype(e.dtype) + p * (1 - ema_decay).astype(p.dtype), e)
+        return jnp.asarray(p + (-lr) * step).astype(p.dtype)
 
     old_adam = opt_state.inner_state[adam_at]
-    chosen = jax.tree.map(moments, grads, old_adam.mu, old_adam.nu)
-    mu = jax.tree.map(lambda _, c: c[0], params, chosen)
-    nu = jax.tree.map(lambda _, c: c[1], params, chosen)
-    new_params = jax.tree.map(param, params, mu, nu)
-    new_ema = jax.tree.map(ema, params_ema, new_params)
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+    mu = keep(jax.tree.map(lambda g, m: (1 - opt.beta1) * g + opt.beta1 * m, grads, old_adam.mu),
+              old_adam.mu)
+    nu = keep(jax.tree.map(lambda g, v: (1 - opt.beta2) * g ** 2 + opt.beta2 * v, grads, old_adam.nu),
+              old_adam.nu)
+    new_params = keep(jax.tree.map(param, params, mu, nu), params)
+    new_ema = keep(ema_update(params_ema, new_params, ema_decay), params_ema)
     inner = tuple(optax.ScaleByAdamState(keep(part.count, old.count), mu, nu) if i == adam_at
                   else keep(part, old)
                   for i, (part, old) in enumerate(zip(ref.inner_state, opt_state.inner_state)))
