@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from score_jax.errors import InvalidInputError
 from score_jax.models import cpu_sums
 from score_jax.models.conv import Conv
+from score_jax.models.dropout import Dropout
 from score_jax.models.grad_barrier import grad_barrier
 
 Array = jax.Array
@@ -184,7 +185,7 @@ class ResnetBlockDDPM(nn.Module):
             bias = nn.Dense(out_ch, kernel_init=default_init(), dtype=self.dtype)(self.act(temb))
             h = cpu_sums.add_example_bias(h, bias)
         h = self.act(self.normalize()(h))
-        h = nn.Dropout(self.dropout)(h, deterministic=not train)
+        h = Dropout(self.dropout)(h, deterministic=not train)
         h = ddpm_conv3x3(h, out_ch, init_scale=0.0, dtype=self.dtype)
         if c != out_ch:
             if self.conv_shortcut:

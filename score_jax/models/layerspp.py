@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from score_jax.models import cpu_sums
 from score_jax.models import up_or_down_sampling as updown
 from score_jax.models.group_norm import GroupNorm
+from score_jax.models.dropout import Dropout
 from score_jax.models.grad_barrier import grad_barrier
 from score_jax.models.layers import (NIN, ddpm_conv1x1, ddpm_conv3x3, default_init,
                                      nearest_upsample_2x, spatial_attention)
@@ -170,7 +171,7 @@ class ResnetBlockDDPMpp(nn.Module):
         h = ddpm_conv3x3(h, out_ch, dtype=self.dtype)
         h = _add_time_bias(h, temb, self.act, out_ch, self.dtype)
         h = self.act(group_norm(out_ch, self.dtype)(h))
-        h = nn.Dropout(self.dropout)(h, deterministic=not train)
+        h = Dropout(self.dropout)(h, deterministic=not train)
         h = ddpm_conv3x3(h, out_ch, init_scale=self.init_scale, dtype=self.dtype)
         if c != out_ch:
             x = ddpm_conv3x3(x, out_ch, dtype=self.dtype) if self.conv_shortcut else NIN(out_ch, dtype=self.dtype)(x)
@@ -208,7 +209,7 @@ class ResnetBlockBigGANpp(nn.Module):
         h = ddpm_conv3x3(h, out_ch, dtype=self.dtype)
         h = _add_time_bias(h, temb, self.act, out_ch, self.dtype)
         h = self.act(group_norm(out_ch, self.dtype)(h))
-        h = nn.Dropout(self.dropout)(h, deterministic=not train)
+        h = Dropout(self.dropout)(h, deterministic=not train)
         h = ddpm_conv3x3(h, out_ch, init_scale=self.init_scale, dtype=self.dtype)
         if c != out_ch or self.up or self.down:
             x = ddpm_conv1x1(x, out_ch, dtype=self.dtype)
