@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from score_jax.models import layerspp
-from score_jax.models.grad_barrier import grad_barrier
+from score_jax.models.grad_barrier import grad_barrier, materialize
 
 
 def _loss(barrier: bool):
@@ -58,3 +58,16 @@ def test_skip_sum_keeps_its_value_and_gradient():
         for a, b in zip(jax.grad(loss(lambda x, h: layerspp.skip_sum(x, h, rescale)), (0, 1))(x, h),
                         jax.grad(loss(plain), (0, 1))(x, h)):
             np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_materialize_any_dtype_bit_for_bit_and_kept():
+    key = jax.random.PRNGKey(4)
+    values = [jax.random.bits(key, (5, 7)), jax.random.bernoulli(key, 0.5, (5, 7)),
+              jax.random.randint(key, (5, 7), -100, 100).astype(jnp.int8), jnp.array([True, False, True]),
+              jnp.array([jnp.nan, -0.0, jnp.inf], jnp.bfloat16), jnp.array([0, 2**31 - 1], jnp.int32)]
+    for x in values:
+        out = jax.jit(materialize)(x)
+        assert out.dtype == x.dtype
+        np.testing.assert_array_equal(np.asarray(out).view(np.uint8), np.asarray(x).view(np.uint8))
+        assert " while(" in jax.jit(lambda v: materialize(v) ^ True if v.dtype == bool else materialize(v) + 1).lower(
+            x).compile().as_text()

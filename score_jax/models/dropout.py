@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from score_jax.models.grad_barrier import materialize
+
 Array = jax.Array
 
 _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
@@ -96,4 +98,8 @@ class Dropout(nn.Module):
             return jnp.zeros_like(x)
         keep_prob = 1.0 - self.rate
         mask = keep_mask(self.make_rng(self.rng_collection), keep_prob, x.shape)
+        if jax.default_backend() == "cpu":
+            # Stored once (one byte per element): otherwise XLA:CPU fuses the whole hash into the
+            # backward pass's consumer of the mask as well, and computes it twice.
+            mask = materialize(mask)
         return jax.lax.select(mask, x / keep_prob, jnp.zeros_like(x))

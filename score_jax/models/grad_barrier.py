@@ -12,6 +12,9 @@ bit, NaN and infinity included; only the code around it is fused differently, wh
 gradient's float32 rounding.
 
 On GPU and TPU, where XLA's fusion heuristics differ, it is the plain identity.
+
+`materialize`, the one-trip loop itself, serves forward values that XLA:CPU would otherwise
+recompute in each consumer too (dropout.py's masks), for any dtype.
 """
 
 from __future__ import annotations
@@ -22,15 +25,28 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
-def _materialize(g: Array) -> Array:
-    """g [...] unchanged, computed once into its own buffer (a one-trip while loop XLA keeps)."""
-    first = g.reshape(-1)[0]
-    # 1.0 and 1 at run time, which XLA cannot prove: it does not fold 0 * x for floats (NaN, inf).
-    one = jnp.where(jnp.isfinite(first), 1 - 0 * first, jnp.ones_like(first))
-    trips = (one == 1).astype(jnp.int32)
-    _, g, _ = jax.lax.while_loop(lambda c: c[0] < trips, lambda c: (c[0] + 1, c[1] * c[2], c[2]),
-                                 (jnp.zeros([], jnp.int32), g, one))
-    return g
+def materialize(x: Array) -> Array:
+    """x [...] unchanged (any dtype), computed once into its own buffer (a one-trip while loop XLA keeps)."""
+    if not jnp.issubdtype(x.dtype, jnp.inexact):
+        # Integers and booleans: a runtime zero / false, from the element's bits read as a float
+        # (XLA reasons about converted integers, e.g. 0 * float(bool), but not about bitcasts).
+        bits = x.reshape(-1)[0].astype(jnp.uint32)
+        one = _runtime_one(jax.lax.bitcast_convert_type(bits, jnp.float32))
+        zero = (one != 1).astype(x.dtype)
+        return _one_trip(x, (one == 1).astype(jnp.int32), lambda v: v ^ zero if x.dtype == bool else v + zero)
+    one = _runtime_one(x.reshape(-1)[0])
+    return _one_trip(x, (one == 1).astype(jnp.int32), lambda v: v * one)
+
+
+def _runtime_one(first: Array) -> Array:
+    """1 of first's float dtype at run time, which XLA cannot prove: it does not fold 0 * x for floats."""
+    return jnp.where(jnp.isfinite(first), 1 - 0 * first, jnp.ones_like(first))
+
+
+def _one_trip(x: Array, trips: Array, body) -> Array:
+    """body(x), run `trips` (at run time 1) times in a while loop."""
+    _, x = jax.lax.while_loop(lambda c: c[0] < trips, lambda c: (c[0] + 1, body(c[1])), (jnp.zeros([], jnp.int32), x))
+    return x
 
 
 @jax.custom_vjp
@@ -43,7 +59,7 @@ def _barrier_fwd(x):
 
 
 def _barrier_bwd(_, g):
-    return (_materialize(g),)
+    return (materialize(g),)
 
 
 _barrier.defvjp(_barrier_fwd, _barrier_bwd)
