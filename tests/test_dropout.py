@@ -1,14 +1,15 @@
 """Dropout: the unrolled threefry hash equals JAX's (bits, Bernoulli masks, flax's Dropout output,
 bit for bit), including odd shapes, typed keys, jit, vmap, non-threefry keys (which fall back),
-the published Threefry-2x32 test vectors, and a residual block in train mode; on the CPU the
-compiled mask has no loop left (the point of the module)."""
+the published Threefry-2x32 test vectors, a residual block in train mode, and gradients; the
+compiled gradient runs the hash once, with no loop (the point of the module)."""
+
+import re
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import re
 
 from score_jax.models import dropout, layerspp
 

@@ -4,7 +4,9 @@ Why: `jax.random` lowers the threefry2x32 hash on the CPU as a rolled five-trip 
 keep compile times down), so every dropout mask of a train step becomes a loop that writes its
 whole [B,H,W,C] state to memory five times, plus the copies of the loop tuples around it. The
 hash written out as twenty rounds of plain uint32 adds, rotations and xors is one elementwise
-fusion that XLA can also fuse into the select that applies the mask.
+fusion. XLA:CPU would put that fusion into both consumers of the mask (the forward select and its
+backward formula), so on the CPU the mask is stored once (grad_barrier.materialize), one byte per
+element.
 
 The bits are those of `jax.random.bits` with partitionable threefry (JAX's default): the hash of
 the key and each element's flat index, the two output words xor-ed. So the mask equals
