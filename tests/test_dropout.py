@@ -94,3 +94,10 @@ def test_gradient_equals_flax_and_hashes_once():
     if jax.default_backend() == "cpu":  # JAX's own threefry lowering there is a rolled loop
         bernoulli = jax.jit(lambda k: jax.random.bernoulli(k, 0.9, shape)).lower(args[2]).compile().as_text()
         assert " while(" in bernoulli
+
+
+def test_non_partitionable_threefry_falls_back():
+    key, shape = jax.random.PRNGKey(9), (4, 6)
+    with jax.threefry_partitionable(False):
+        np.testing.assert_array_equal(dropout.random_bits(key, shape), jax.random.bits(key, shape))
+        np.testing.assert_array_equal(dropout.keep_mask(key, 0.8, shape), jax.random.bernoulli(key, 0.8, shape))

@@ -68,7 +68,9 @@ def _is_threefry(key: Array) -> bool:
 def random_bits(key: Array, shape: Sequence[int]) -> Array:
     """`jax.random.bits(key, shape)` [*shape] uint32 for a threefry key, with the hash unrolled."""
     shape = tuple(shape)
-    if not _is_threefry(key) or not jax.config.jax_threefry_partitionable or math.prod(shape) >= 2**32:
+    # A JAX without the option has only the partitionable scheme (the option's default since 0.5).
+    partitionable = getattr(jax.config, "jax_threefry_partitionable", True)
+    if not _is_threefry(key) or not partitionable or math.prod(shape) >= 2**32:
         return jax.random.bits(key, shape)
     if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         key = jax.random.key_data(key)
