@@ -69,5 +69,7 @@ def test_materialize_any_dtype_bit_for_bit_and_kept():
         out = jax.jit(materialize)(x)
         assert out.dtype == x.dtype
         np.testing.assert_array_equal(np.asarray(out).view(np.uint8), np.asarray(x).view(np.uint8))
+        from_source = jax.jit(lambda v, s: materialize(v, source=s))(x, jnp.uint32(7))
+        np.testing.assert_array_equal(np.asarray(from_source).view(np.uint8), np.asarray(x).view(np.uint8))
         assert " while(" in jax.jit(lambda v: materialize(v) ^ True if v.dtype == bool else materialize(v) + 1).lower(
             x).compile().as_text()

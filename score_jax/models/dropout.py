@@ -101,9 +101,13 @@ class Dropout(nn.Module):
         if self.rate == 1.0:
             return jnp.zeros_like(x)
         keep_prob = 1.0 - self.rate
-        mask = keep_mask(self.make_rng(self.rng_collection), keep_prob, x.shape)
+        key = self.make_rng(self.rng_collection)
+        mask = keep_mask(key, keep_prob, x.shape)
         if jax.default_backend() == "cpu":
             # Stored once (one byte per element): otherwise XLA:CPU fuses the whole hash into the
-            # backward pass's consumer of the mask as well, and computes it twice.
-            mask = materialize(mask)
+            # backward pass's consumer of the mask as well, and computes it twice. The key, not
+            # the mask's first element, feeds the loop's runtime 1: XLA would compile the whole
+            # hash again for that element.
+            words = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+            mask = materialize(mask, source=words.reshape(-1)[0])
         return jax.lax.select(mask, x / keep_prob, jnp.zeros_like(x))

@@ -19,22 +19,30 @@ recompute in each consumer too (dropout.py's masks), for any dtype.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import jax
 import jax.numpy as jnp
 
 Array = jax.Array
 
 
-def materialize(x: Array) -> Array:
-    """x [...] unchanged (any dtype), computed once into its own buffer (a one-trip while loop XLA keeps)."""
+def materialize(x: Array, source: Optional[Array] = None) -> Array:
+    """x [...] unchanged (any dtype), computed once into its own buffer (a one-trip while loop XLA keeps).
+
+    `source` is a scalar XLA cannot know when compiling, from which the loop's runtime 1 is made;
+    by default x's first element. Pass a cheaper one when x is a long computation: XLA compiles a
+    copy of that computation for the one element it reads.
+    """
     if not jnp.issubdtype(x.dtype, jnp.inexact):
-        # Integers and booleans: a runtime zero / false, from the element's bits read as a float
+        # Integers and booleans: a runtime zero / false, from the source's bits read as a float
         # (XLA reasons about converted integers, e.g. 0 * float(bool), but not about bitcasts).
-        bits = x.reshape(-1)[0].astype(jnp.uint32)
+        bits = (x.reshape(-1)[0] if source is None else source).astype(jnp.uint32)
         one = _runtime_one(jax.lax.bitcast_convert_type(bits, jnp.float32))
         zero = (one != 1).astype(x.dtype)
         return _one_trip(x, (one == 1).astype(jnp.int32), lambda v: v ^ zero if x.dtype == bool else v + zero)
-    one = _runtime_one(x.reshape(-1)[0])
+    first = x.reshape(-1)[0] if source is None else jnp.asarray(source).astype(x.dtype)
+    one = _runtime_one(first)
     return _one_trip(x, (one == 1).astype(jnp.int32), lambda v: v * one)
 
 
