@@ -132,23 +132,22 @@ def guarded_update(opt: OfficialAdam, grads: Any, grad_norm: Array, finite: Arra
                    if isinstance(part, optax.ScaleByAdamState))
     adam = ref.inner_state[adam_at]  # its count is the updated one, its moments are not used
     lr = ref.hyperparams["learning_rate"]
-    correct1, correct2 = 1 - opt.beta1 ** adam.count, 1 - opt.beta2 ** adam.count
     if opt.grad_clip >= 0:
         grads = _clip(grads, grad_norm, opt.grad_clip)
     keep = functools.partial(optax.tree.where, finite)
+    # optax's scale_by_adam formulas, on the chosen moments.
+    old_adam = opt_state.inner_state[adam_at]
+    mu = keep(optax.tree.update_moment(grads, old_adam.mu, opt.beta1, 1), old_adam.mu)
+    nu = keep(optax.tree.update_moment_per_elem_norm(grads, old_adam.nu, opt.beta2, 2), old_adam.nu)
 
-    def param(p, mu, nu):
-        step = (mu / correct1.astype(mu.dtype)) / (jnp.sqrt(nu / correct2.astype(nu.dtype)) + opt.eps)
+    def param(p, mu_hat, nu_hat):
+        step = mu_hat / (jnp.sqrt(nu_hat) + opt.eps)
         if opt.weight_decay > 0:
             step = step + opt.weight_decay * p
         return jnp.asarray(p + (-lr) * step).astype(p.dtype)
 
-    old_adam = opt_state.inner_state[adam_at]
-    mu = keep(jax.tree.map(lambda g, m: (1 - opt.beta1) * g + opt.beta1 * m, grads, old_adam.mu),
-              old_adam.mu)
-    nu = keep(jax.tree.map(lambda g, v: (1 - opt.beta2) * g ** 2 + opt.beta2 * v, grads, old_adam.nu),
-              old_adam.nu)
-    new_params = keep(jax.tree.map(param, params, mu, nu), params)
+    new_params = keep(jax.tree.map(param, params, optax.tree.bias_correction(mu, opt.beta1, adam.count),
+                                   optax.tree.bias_correction(nu, opt.beta2, adam.count)), params)
     new_ema = keep(ema_update(params_ema, new_params, ema_decay), params_ema)
     inner = tuple(optax.ScaleByAdamState(keep(part.count, old.count), mu, nu) if i == adam_at
                   else keep(part, old)

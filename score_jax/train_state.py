@@ -55,11 +55,6 @@ def init_train_state(key: Array, params: Any, optimizer: optax.GradientTransform
                       model_state={} if model_state is None else model_state, key=key)
 
 
-def _select(pred: Array, on_true: Any, on_false: Any) -> Any:
-    """Leafwise where(pred, a, b) over two pytrees of the same structure."""
-    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
-
-
 @dataclasses.dataclass(frozen=True)
 class TrainStep:
     """One optimisation step: (state, x [B, ...]) -> (state, {loss, grad_norm, lr, finite})."""
@@ -84,14 +79,14 @@ class TrainStep:
                 state.params_ema, rate)
             new = state.replace(step=jnp.where(finite, state.step + 1, held.step),
                                 params=params, opt_state=opt_state, params_ema=params_ema,
-                                model_state=_select(finite, model_state, state.model_state))
+                                model_state=optax.tree.where(finite, model_state, state.model_state))
         else:
             updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
             updated = TrainState(step=state.step + 1, params=params, opt_state=opt_state,
                                  params_ema=optim.ema_update(state.params_ema, params, rate),
                                  model_state=model_state, key=state.key)
-            new = _select(finite, updated, held)
+            new = optax.tree.where(finite, updated, held)
             lr = optim.current_learning_rate(opt_state)
         metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite, "lr": lr}
         return new, metrics
@@ -135,7 +130,7 @@ def make_multi_step(step: StepFn, n_jitted_steps: int) -> Callable[[TrainState, 
         new_state, metrics = step(state, x)
         finite = metrics["finite"] & ~halted
         if stop:
-            new_state = _select(finite, new_state, state)
+            new_state = optax.tree.where(finite, new_state, state)
             halted = ~finite
         return (new_state, halted), {**metrics, "finite": finite}
 

@@ -59,8 +59,17 @@ def _flat_index(shape: Sequence[int]) -> Array:
     return index
 
 
+def _is_typed(key: Array) -> bool:
+    return jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+
+
+def _key_words(key: Array) -> Array:
+    """The uint32 words of a raw or typed key."""
+    return jax.random.key_data(key) if _is_typed(key) else key
+
+
 def _is_threefry(key: Array) -> bool:
-    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    if _is_typed(key):
         return str(jax.random.key_impl(key)) == "threefry2x32"
     return key.shape == (2,) and key.dtype == jnp.uint32
 
@@ -72,10 +81,9 @@ def random_bits(key: Array, shape: Sequence[int]) -> Array:
     partitionable = getattr(jax.config, "jax_threefry_partitionable", True)
     if not _is_threefry(key) or not partitionable or math.prod(shape) >= 2**32:
         return jax.random.bits(key, shape)
-    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        key = jax.random.key_data(key)
+    words = _key_words(key)
     # The high word of each flat index is zero below 2**32 elements.
-    bits1, bits2 = threefry2x32(key[0], key[1], jnp.zeros(shape, jnp.uint32), _flat_index(shape))
+    bits1, bits2 = threefry2x32(words[0], words[1], jnp.zeros(shape, jnp.uint32), _flat_index(shape))
     return bits1 ^ bits2
 
 
@@ -108,6 +116,5 @@ class Dropout(nn.Module):
             # backward pass's consumer of the mask as well, and computes it twice. The key, not
             # the mask's first element, feeds the loop's runtime 1: XLA would compile the whole
             # hash again for that element.
-            words = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
-            mask = materialize(mask, source=words.reshape(-1)[0])
+            mask = materialize(mask, source=_key_words(key).reshape(-1)[0])
         return jax.lax.select(mask, x / keep_prob, jnp.zeros_like(x))

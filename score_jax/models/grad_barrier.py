@@ -34,21 +34,21 @@ def materialize(x: Array, source: Optional[Array] = None) -> Array:
     by default x's first element. Pass a cheaper one when x is a long computation: XLA compiles a
     copy of that computation for the one element it reads.
     """
-    if not jnp.issubdtype(x.dtype, jnp.inexact):
-        # Integers and booleans: a runtime zero / false, from the source's bits read as a float
-        # (XLA reasons about converted integers, e.g. 0 * float(bool), but not about bitcasts).
-        bits = (x.reshape(-1)[0] if source is None else source).astype(jnp.uint32)
-        one = _runtime_one(jax.lax.bitcast_convert_type(bits, jnp.float32))
-        zero = (one != 1).astype(x.dtype)
-        return _one_trip(x, (one == 1).astype(jnp.int32), lambda v: v ^ zero if x.dtype == bool else v + zero)
-    first = x.reshape(-1)[0] if source is None else jnp.asarray(source).astype(x.dtype)
-    one = _runtime_one(first)
-    return _one_trip(x, (one == 1).astype(jnp.int32), lambda v: v * one)
+    one = _runtime_one(x.reshape(-1)[0] if source is None else jnp.asarray(source))
+    trips = (one == 1).astype(jnp.int32)
+    if jnp.issubdtype(x.dtype, jnp.inexact):
+        return _one_trip(x, trips, lambda v: v * one.astype(x.dtype))
+    zero = (one != 1).astype(x.dtype)  # a runtime zero / False for integers and booleans
+    return _one_trip(x, trips, lambda v: v ^ zero if x.dtype == bool else v + zero)
 
 
-def _runtime_one(first: Array) -> Array:
-    """1 of first's float dtype at run time, which XLA cannot prove: it does not fold 0 * x for floats."""
-    return jnp.where(jnp.isfinite(first), 1 - 0 * first, jnp.ones_like(first))
+def _runtime_one(seed: Array) -> Array:
+    """1 - 0 * seed for a scalar seed: 1 at run time, which XLA cannot prove (it does not fold 0 * x
+    for floats). A non-float seed's bits are read as a float32: XLA reasons about converted integers
+    (0 * float(bool) became a select), not about bitcasts."""
+    if not jnp.issubdtype(seed.dtype, jnp.inexact):
+        seed = jax.lax.bitcast_convert_type(seed.astype(jnp.uint32), jnp.float32)
+    return jnp.where(jnp.isfinite(seed), 1 - 0 * seed, jnp.ones_like(seed))
 
 
 def _one_trip(x: Array, trips: Array, body) -> Array:
