@@ -25,6 +25,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import multihost
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+from score_jax import safe_files
 from score_jax.errors import InvalidInputError
 
 log = logging.getLogger(__name__)
@@ -165,4 +166,6 @@ def restore_as_saved(manager: ocp.CheckpointManager, step: int) -> tuple[Any, An
             tree)
         state = checkpointer.restore(path / "state", abstract)
     # The meta item is the plain JSON file the JsonCheckpointHandler wrote.
-    return state, json.loads((path / "meta" / "metadata").read_text())
+    meta_file = path / "meta" / "metadata"
+    with safe_files.reading(meta_file, "checkpoint metadata"):
+        return state, json.loads(meta_file.read_text())

@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 
 from score_jax import checkpoints, coordination, datasets, dequantization, experiment, images
-from score_jax import likelihood, parallel, plots, reporting, sample_quality, sample_rounds
+from score_jax import likelihood, parallel, plots, reporting, safe_files, sample_quality, sample_rounds
 from score_jax import workdir as workdir_lib
 from score_jax.errors import InvalidInputError, MissingFileError
 
@@ -186,9 +186,8 @@ def _write_summary(eval_dir: pathlib.Path) -> dict[str, Any]:
     """Rebuild summary.json (the scalars of every ckpt_<n>.npz) from the files in eval_dir."""
     summary = {}
     for f in sorted(eval_dir.glob("ckpt_*.npz"), key=lambda p: p.stem):
-        with np.load(f) as d:
-            summary[f.stem] = {k: float(v) for k, v in d.items()
-                               if v.ndim == 0 and v.dtype.kind in "fiub"}
+        d = safe_files.load_npz(f, "evaluation results")
+        summary[f.stem] = {k: float(v) for k, v in d.items() if v.ndim == 0 and v.dtype.kind in "fiub"}
     tmp = eval_dir / ".summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2, sort_keys=True))
     tmp.replace(eval_dir / "summary.json")

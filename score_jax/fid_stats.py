@@ -18,7 +18,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from score_jax import coordination, datasets, experiment, images, parallel, reporting, sample_quality
+from score_jax import coordination, datasets, experiment, images, parallel, reporting, safe_files
+from score_jax import sample_quality
 from score_jax import workdir as workdir_lib
 from score_jax.errors import InvalidInputError
 from score_jax.metrics import fid
@@ -63,7 +64,8 @@ def fid_stats(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     coord.barrier("fid_stats_features")
     if not parallel.is_main_process():
         return None
-    per_process = [np.load(path / f"features_p{p}.npz") for p in range(jax.process_count())]
+    per_process = [safe_files.load_npz(path / f"features_p{p}.npz", "features")
+                   for p in range(jax.process_count())]
     feats = np.concatenate([d["features"] for d in per_process], axis=1)  # [batches, B, D]
     mask = np.concatenate([d["mask"] for d in per_process], axis=1).astype(bool)
     out = sample_quality.stats_file(config)

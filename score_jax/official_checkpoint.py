@@ -20,9 +20,9 @@ import re
 from collections.abc import Mapping
 from typing import Any, Optional, Union
 
-import msgpack
 import numpy as np
-from flax import serialization
+
+from score_jax import safe_files
 from score_jax.errors import InvalidInputError, MissingFileError
 
 PathLike = Union[str, pathlib.Path]
@@ -97,13 +97,7 @@ def check_tree_matches(tree: Tree, template: Tree, *, what: str,
 
 def _restore_bytes(path: pathlib.Path) -> Tree:
     """The msgpack tree stored in `path`; a one-line ValueError when the bytes are not one."""
-    data = path.read_bytes()
-    try:
-        tree = serialization.msgpack_restore(data)
-    except (ValueError, TypeError, msgpack.exceptions.UnpackException) as err:
-        raise InvalidInputError(f"{str(path)!r} is not a valid msgpack checkpoint ({len(data)} bytes; "
-                                f"{type(err).__name__}: {err}); the file may be truncated or not a flax "
-                                f"checkpoint.") from None
+    tree = safe_files.read_msgpack(path, "official score_sde checkpoint")
     if not isinstance(tree, Mapping):
         raise InvalidInputError(f"{str(path)!r} holds a msgpack {type(tree).__name__}, not the state dict of a "
                                 f"score_sde checkpoint.")
@@ -160,30 +154,32 @@ def load_official_checkpoint(path: PathLike, params_template: Optional[Tree] = N
         raise MissingFileError(f"official checkpoint {str(path)!r} does not exist.")
     if path.is_dir():
         path = latest_checkpoint_file(path)
-    state = _restore_bytes(path)
-    for key in _STATE_KEYS:
-        _get(state, key, "the state dict", path)
-    optimizer = state["optimizer"]
-    params = _get(optimizer, "target", "optimizer", path)
-    opt_state = _get(optimizer, "state", "optimizer", path)
-    param_states = _get(opt_state, "param_states", "optimizer/state", path)
-    opt_step = _get(opt_state, "step", "optimizer/state", path)
-    for name, tree in (("optimizer/target", params), ("params_ema", state["params_ema"]),
-                       ("model_state", state["model_state"]), ("optimizer/state/param_states", param_states)):
-        if not isinstance(tree, Mapping):
-            raise InvalidInputError(f"{str(path)!r}: {name} is a {type(tree).__name__}, expected a tree of arrays.")
-    mu, nu = _split_moments(param_states, path)
-    target = "its optimizer/target"
-    check_tree_matches(state["params_ema"], params, what=f"{str(path)!r}: params_ema", against=target)
-    check_tree_matches(mu, params, what=f"{str(path)!r}: the Adam moments", against=target)
-    if params_template is not None:
-        check_tree_matches(params, params_template, what=f"checkpoint {str(path)!r}")
-    rng = np.asarray(state["rng"])
-    if rng.shape != (2,):
-        raise InvalidInputError(f"{str(path)!r}: rng has shape {rng.shape}, expected a raw PRNGKey of shape (2,).")
-    return OfficialCheckpoint(
-        step=int(np.asarray(state["step"])), params=_as_numpy_tree(params),
-        params_ema=_as_numpy_tree(state["params_ema"]), model_state=_as_numpy_tree(state["model_state"]),
-        adam_mu=_as_numpy_tree(mu), adam_nu=_as_numpy_tree(nu), optimizer_step=int(np.asarray(opt_step)),
-        lr=float(np.asarray(state["lr"])), ema_rate=float(np.asarray(state["ema_rate"])),
-        rng=rng.astype(np.uint32))
+    # A damaged file can parse as msgpack and hold leaves of unexpected types; one line for it.
+    with safe_files.reading(path, "official score_sde checkpoint"):
+        state = _restore_bytes(path)
+        for key in _STATE_KEYS:
+            _get(state, key, "the state dict", path)
+        optimizer = state["optimizer"]
+        params = _get(optimizer, "target", "optimizer", path)
+        opt_state = _get(optimizer, "state", "optimizer", path)
+        param_states = _get(opt_state, "param_states", "optimizer/state", path)
+        opt_step = _get(opt_state, "step", "optimizer/state", path)
+        for name, tree in (("optimizer/target", params), ("params_ema", state["params_ema"]),
+                           ("model_state", state["model_state"]), ("optimizer/state/param_states", param_states)):
+            if not isinstance(tree, Mapping):
+                raise InvalidInputError(f"{str(path)!r}: {name} is a {type(tree).__name__}, expected a tree of arrays.")
+        mu, nu = _split_moments(param_states, path)
+        target = "its optimizer/target"
+        check_tree_matches(state["params_ema"], params, what=f"{str(path)!r}: params_ema", against=target)
+        check_tree_matches(mu, params, what=f"{str(path)!r}: the Adam moments", against=target)
+        if params_template is not None:
+            check_tree_matches(params, params_template, what=f"checkpoint {str(path)!r}")
+        rng = np.asarray(state["rng"])
+        if rng.shape != (2,):
+            raise InvalidInputError(f"{str(path)!r}: rng has shape {rng.shape}, expected a raw PRNGKey of shape (2,).")
+        return OfficialCheckpoint(
+            step=int(np.asarray(state["step"])), params=_as_numpy_tree(params),
+            params_ema=_as_numpy_tree(state["params_ema"]), model_state=_as_numpy_tree(state["model_state"]),
+            adam_mu=_as_numpy_tree(mu), adam_nu=_as_numpy_tree(nu), optimizer_step=int(np.asarray(opt_step)),
+            lr=float(np.asarray(state["lr"])), ema_rate=float(np.asarray(state["ema_rate"])),
+            rng=rng.astype(np.uint32))

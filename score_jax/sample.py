@@ -22,10 +22,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from PIL import Image
 
 from score_jax import checkpoints, controllable, coordination, datasets, experiment, images
-from score_jax import parallel, reporting, sample_rounds, sampling, workdir as workdir_lib
+from score_jax import parallel, reporting, safe_files, sample_rounds, sampling
+from score_jax import workdir as workdir_lib
 from score_jax.errors import InvalidInputError, MissingFileError
 
 TASKS = ("unconditional", "conditional", "inpaint", "colorize", "interpolate")
@@ -39,8 +39,13 @@ def _read_folder(path: pathlib.Path) -> np.ndarray:
     files = sorted(p for p in path.iterdir() if p.suffix.lower() == ".png")
     if not files:
         raise MissingFileError(f"sample.input: {path} holds no .png file.")
-    arrays = [np.asarray(Image.open(f)) for f in files]
-    return np.stack([a[..., None] if a.ndim == 2 else a[..., :3] for a in arrays])
+    arrays = [safe_files.open_image(f, "sample.input image") for f in files]
+    arrays = [a[..., None] if a.ndim == 2 else a[..., :3] for a in arrays]
+    shapes = sorted({a.shape for a in arrays})
+    if len(shapes) > 1:
+        raise InvalidInputError(f"sample.input: the PNG files in {path} have different shapes "
+                                f"{shapes[:4]}; give images of one size and channel count.")
+    return np.stack(arrays)
 
 
 def read_images(path: str) -> np.ndarray:
@@ -50,10 +55,10 @@ def read_images(path: str) -> np.ndarray:
         return _read_folder(p)
     if not p.is_file():
         raise MissingFileError(f"sample.input: {p} is neither an .npz file nor a folder of PNGs.")
-    with np.load(p) as d:
-        for key in ("images", "samples"):
-            if key in d.files:
-                return np.asarray(d[key])
+    d = safe_files.load_npz(p, "sample.input")
+    for key in ("images", "samples"):
+        if key in d:
+            return d[key]
     raise InvalidInputError(f"sample.input: {p} has no array named 'images' or 'samples'.")
 
 
@@ -85,10 +90,12 @@ def _mask(config: ml_collections.ConfigDict, shape: tuple[int, ...], key) -> np.
     if kind in controllable.MASK_KINDS:
         return controllable.make_mask(kind, shape, key, fraction=float(config.sample.mask_fraction))
     if kind.endswith(".npz") and os.path.isfile(kind):
-        with np.load(kind) as d:
-            mask = d["mask"] if "mask" in d.files else d[d.files[0]]
+        d = safe_files.load_npz(kind, "sample.mask")
+        if not d:
+            raise InvalidInputError(f"sample.mask: {kind} holds no array.")
+        mask = d["mask"] if "mask" in d else d[sorted(d)[0]]
     elif kind.endswith(".png") and os.path.isfile(kind):
-        mask = np.asarray(Image.open(kind))
+        mask = safe_files.open_image(kind, "sample.mask")
         mask = mask[..., None] if mask.ndim == 2 else mask[..., :shape[-1]]
     else:
         raise InvalidInputError(f"sample.mask: {kind!r} is neither one of "
@@ -263,7 +270,8 @@ def _batched(run, inputs: np.ndarray, key, out_dir: pathlib.Path, batch_size: in
     coord.barrier("sample_done")
     if index != 0:
         return None
-    loaded = [dict(np.load(parts / f"batch_{b}.npz")) for b in range(n_batches)]
+    loaded = [safe_files.load_npz(parts / f"batch_{b}.npz", "sample part")
+              for b in range(n_batches)]
     return {k: np.concatenate([d[k] for d in loaded]) for k in loaded[0]}
 
 

@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import jax
 import numpy as np
 
-from score_jax import coordination, images, reporting
+from score_jax import coordination, images, reporting, safe_files
 
 # sample(key, n) -> (images [n, H, W, C] in [0, 1] on the host, nfe)
 DrawFn = Callable[[jax.Array, int], tuple[np.ndarray, int]]
@@ -75,9 +75,8 @@ def draw_rounds(draw: DrawFn, key: jax.Array, out_dir: pathlib.Path, *, total: i
         for p in range(count):
             path = rounds_dir / f"round_{r}_p{p}.npz"
             if path.exists():
-                with np.load(path) as d:
-                    for name in d.files:
-                        parts[name].append(d[name])
+                for name, value in safe_files.load_npz(path, "sample round").items():
+                    parts[name].append(value)
     cat = lambda name: np.concatenate(parts[name]) if parts[name] else None  # noqa: E731
     return Drawn(cat("samples"), cat("features"), cat("logits"),
                  max(int(v) for v in parts["nfe"]))

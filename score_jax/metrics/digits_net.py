@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from score_jax import safe_files
 from score_jax.errors import InvalidInputError, MissingFileError
 from score_jax.metrics import fid
 
@@ -85,13 +86,12 @@ def load_params(path: str | os.PathLike = WEIGHTS_PATH) -> dict:
             "(score_jax/metrics/assets/) and are rebuilt by "
             "`bash run.sh -m score_jax.metrics.train_digits_classifier --out <path>`")
     params: dict = {}
-    with np.load(path) as data:
-        for key in data.files:
-            *scopes, leaf = key.split("/")
-            node = params
-            for scope in scopes:
-                node = node.setdefault(scope, {})
-            node[leaf] = data[key]
+    for key, value in safe_files.load_npz(path, "digits classifier weights").items():
+        *scopes, leaf = key.split("/")
+        node = params
+        for scope in scopes:
+            node = node.setdefault(scope, {})
+        node[leaf] = value
     return params
 
 

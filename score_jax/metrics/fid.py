@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from score_jax import safe_files
 from score_jax.errors import InvalidInputError, MissingFileError
 
 
@@ -246,12 +247,18 @@ def load_reference_stats(path: str | os.PathLike) -> ReferenceStats:
             f"reference statistics not found at {path!r}: compute them with "
             "`python main.py --mode fid_stats --config <config>` (or copy the official "
             "score_sde file, e.g. cifar10_stats.npz, there).")
-    with np.load(path) as data:
-        pool_3 = data["pool_3"] if "pool_3" in data.files else None
-        if "mu" in data.files and "sigma" in data.files:
-            return ReferenceStats(pool_3, data["mu"].astype(np.float64),
-                                  data["sigma"].astype(np.float64))
+    data = safe_files.load_npz(path, "reference statistics")
+    pool_3 = data.get("pool_3")
+    if "mu" in data and "sigma" in data:
+        mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
+        if mu.ndim != 1 or sigma.shape != mu.shape * 2:
+            raise InvalidInputError(f"{path}: 'mu' {mu.shape} and 'sigma' {sigma.shape} are not a "
+                                    f"mean [D] and a covariance [D, D]")
+        return ReferenceStats(pool_3, mu, sigma)
     if pool_3 is None:
         raise InvalidInputError(f"{path}: expected key 'pool_3' (features [N, D]) or 'mu'/'sigma'")
+    if pool_3.ndim != 2 or pool_3.shape[0] < 2:
+        raise InvalidInputError(f"{path}: 'pool_3' has shape {pool_3.shape}; expected features "
+                                f"[N, D] of at least 2 examples")
     mu, sigma = mean_cov(pool_3)
     return ReferenceStats(pool_3, mu, sigma)

@@ -17,22 +17,25 @@ from __future__ import annotations
 
 import collections
 import functools
+import io
 import os
-import pickle
 import struct
 import zipfile
-from typing import Any, Callable, NamedTuple
+from typing import Any, BinaryIO, Callable, NamedTuple
 
 import jax
 import numpy as np
 
 from score_jax.errors import InvalidInputError, MissingFileError
+from score_jax.safe_files import (DamagedFileError, RestrictedUnpickler, check_numeric_tree,
+                                  load_npz, reading, require_file)
 
 PTH_NAME = "pt_inception-2015-12-05-6726825d.pth"
 PTH_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
            "pt_inception-2015-12-05-6726825d.pth")
 PICKLE_NAME = "inception_v3_weights_fid.pickle"
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+_WHAT = "FID Inception weights file"
 
 _STORAGE_DTYPES = {
     "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
@@ -45,8 +48,6 @@ class _StorageType:
     """Stands for a torch storage class (`torch.FloatStorage`) named in the pickle."""
 
     def __init__(self, name: str):
-        if name not in _STORAGE_DTYPES:
-            raise InvalidInputError(f"unsupported torch storage type {name!r} in the weights file")
         self.dtype = np.dtype(_STORAGE_DTYPES[name])
 
 
@@ -67,38 +68,58 @@ class _Pending(NamedTuple):
     stride: tuple
 
 
-class _TorchUnpickler(pickle.Unpickler):
+def _check_view(storage_size: int, offset: int, size: tuple, stride: tuple, key: Any) -> None:
+    """Raise unless the strided view (offset, size, stride) lies inside a storage of storage_size.
+
+    numpy's as_strided does not check bounds, so a hostile file could otherwise read memory
+    outside the storage.
+    """
+    ints = [offset, *size, *stride]
+    if (len(size) != len(stride) or not all(isinstance(v, int) and v >= 0 for v in ints)
+            or len(size) > 8):
+        raise DamagedFileError(f"tensor on storage {key!r}: invalid view offset {offset!r}, "
+                               f"size {size!r}, stride {stride!r}")
+    if 0 in size:
+        return
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+    if last >= storage_size:
+        raise DamagedFileError(f"tensor on storage {key!r} reaches element {last}, past the "
+                               f"storage's {storage_size}")
+
+
+class _TorchUnpickler(RestrictedUnpickler):
     """Unpickles a torch state dict of tensors; any global but the few it needs is refused.
 
     `load_storage(pid)` turns a persistent id ('storage', type, key, location, numel, ...) into
     what `rebuild(storage, offset, size, stride)` takes.
     """
 
-    def __init__(self, file: Any, load_storage: Callable[[tuple], Any],
+    def __init__(self, file: Any, path: str, load_storage: Callable[[tuple], Any],
                  rebuild: Callable[[Any, int, tuple, tuple], Any]):
-        super().__init__(file)
+        allowed = {("torch", name): _StorageType(name) for name in _STORAGE_DTYPES}
+        # Trailing arguments (requires_grad, hooks, metadata) mean nothing to numpy.
+        rebuild_tensor = lambda storage, offset, size, stride, *_: rebuild(  # noqa: E731
+            storage, offset, tuple(size), tuple(stride))
+        allowed.update({
+            ("torch._utils", "_rebuild_tensor_v2"): rebuild_tensor,
+            ("torch._utils", "_rebuild_tensor"): rebuild_tensor,
+            ("torch._utils", "_rebuild_parameter"): lambda data, *_: data,
+            ("collections", "OrderedDict"): collections.OrderedDict})
+        super().__init__(file, allowed, path=path, what=_WHAT)
         self._load_storage = load_storage
-        self._rebuild = rebuild
-
-    def find_class(self, module: str, name: str) -> Any:
-        if module == "torch" and name.endswith("Storage"):
-            return _StorageType(name)
-        if module == "torch._utils" and name in ("_rebuild_tensor_v2", "_rebuild_tensor"):
-            # Trailing arguments (requires_grad, hooks, metadata) mean nothing to numpy.
-            return lambda storage, offset, size, stride, *_: self._rebuild(
-                storage, offset, size, stride)
-        if module == "torch._utils" and name == "_rebuild_parameter":
-            return lambda data, *_: data
-        if (module, name) == ("collections", "OrderedDict"):
-            return collections.OrderedDict
-        raise InvalidInputError(
-            f"the weights file refers to {module}.{name}, which a torch state dict of tensors "
-            "does not need; refusing to unpickle it (is it a whole pickled model?)")
 
     def persistent_load(self, pid: Any) -> Any:
-        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
-            raise InvalidInputError(f"unsupported persistent id {pid!r} in the weights file")
+        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"
+                and isinstance(pid[1], _StorageType) and isinstance(pid[2], str)):
+            raise DamagedFileError(f"unsupported persistent id {str(pid)[:100]} in the weights file")
         return self._load_storage(pid)
+
+
+def _check_state_dict(result: Any, path: str) -> dict[str, Any]:
+    """`result` as a dict when it is a mapping of string keys (a state dict), else DamagedFileError."""
+    if not isinstance(result, dict) or not all(isinstance(k, str) for k in result):
+        raise DamagedFileError(f"{path}: holds a {type(result).__name__}, not a state dict")
+    return dict(result)
 
 
 def _load_zip_pth(path: str) -> dict[str, np.ndarray]:
@@ -106,7 +127,7 @@ def _load_zip_pth(path: str) -> dict[str, np.ndarray]:
     with zipfile.ZipFile(path) as archive:
         pkl = [n for n in archive.namelist() if n.endswith("data.pkl")]
         if len(pkl) != 1:
-            raise InvalidInputError(
+            raise DamagedFileError(
                 f"{path}: a torch zip checkpoint holds one data.pkl, found {pkl}")
         prefix = pkl[0][:-len("data.pkl")]
 
@@ -114,61 +135,94 @@ def _load_zip_pth(path: str) -> dict[str, np.ndarray]:
             raw = archive.read(f"{prefix}data/{pid[2]}")
             return np.frombuffer(raw, dtype=pid[1].dtype.newbyteorder("<"))
 
+        def rebuild(storage: np.ndarray, offset: int, size: tuple, stride: tuple) -> np.ndarray:
+            _check_view(storage.size, offset, size, stride, "?")
+            return _strided(storage, offset, size, stride)
+
         with archive.open(pkl[0]) as f:
-            return dict(_TorchUnpickler(f, load_storage, _strided).load())
+            return _check_state_dict(_TorchUnpickler(f, path, load_storage, rebuild).load(), path)
+
+
+def _plain_record(f: BinaryIO, path: str) -> Any:
+    """One pickled record of plain data (numbers, strings, dicts): no global is admitted."""
+    return RestrictedUnpickler(f, {}, path=path, what=_WHAT).load()
 
 
 def _load_legacy_pth(path: str) -> dict[str, np.ndarray]:
     """State dict of a torch checkpoint in the pre-1.6 stream layout (storages after the pickle)."""
-    with open(path, "rb") as f:
-        try:
-            magic = pickle.load(f)
-        except (pickle.UnpicklingError, EOFError, ValueError) as err:
-            raise InvalidInputError(f"{path}: not a torch checkpoint ({err})") from err
-        if magic != _LEGACY_MAGIC:
-            raise InvalidInputError(f"{path}: not a torch checkpoint (no zip, no legacy magic)")
-        pickle.load(f)  # protocol version
-        pickle.load(f)  # system info (byte order, type sizes)
+    with open(path, "rb") as file:
+        # In memory: a damaged length field then reads what is there instead of allocating it.
+        f, size = io.BytesIO(file.read()), os.path.getsize(path)
+    with f:
+        if _plain_record(f, path) != _LEGACY_MAGIC:
+            raise DamagedFileError(f"{path}: not a torch checkpoint (no zip, no legacy magic)")
+        _plain_record(f, path)  # protocol version
+        _plain_record(f, path)  # system info (byte order, type sizes)
         dtypes: dict[str, np.dtype] = {}
 
         def load_storage(pid: tuple) -> str:
             if len(pid) > 5 and pid[5] is not None:
-                raise InvalidInputError(f"{path}: storage views are not supported")
+                raise DamagedFileError(f"{path}: storage views are not supported")
             dtypes[pid[2]] = pid[1].dtype
             return pid[2]
 
-        result = _TorchUnpickler(f, load_storage, _Pending).load()
+        result = _check_state_dict(_TorchUnpickler(f, path, load_storage, _Pending).load(), path)
+        keys = _plain_record(f, path)
+        if not isinstance(keys, list) or not all(k in dtypes for k in keys):
+            raise DamagedFileError(f"{path}: the storage list does not match the tensors")
         storages = {}
-        for key in pickle.load(f):
+        for key in keys:
             (count,) = struct.unpack("<q", f.read(8))
             dtype = dtypes[key].newbyteorder("<")
+            if not 0 <= count * dtype.itemsize <= size - f.tell():
+                raise DamagedFileError(f"{path}: storage {key!r} claims {count} elements, more "
+                                       f"than the file holds")
             storages[key] = np.frombuffer(f.read(count * dtype.itemsize), dtype)
-    return {name: _strided(storages[t.key], t.offset, t.size, t.stride)
-            if isinstance(t, _Pending) else t for name, t in result.items()}
+    out = {}
+    for name, t in result.items():
+        if isinstance(t, _Pending):
+            if t.key not in storages:
+                raise DamagedFileError(f"{path}: tensor {name!r} has no storage")
+            _check_view(storages[t.key].size, t.offset, t.size, t.stride, t.key)
+            t = _strided(storages[t.key], t.offset, t.size, t.stride)
+        out[name] = t
+    return out
 
 
 def load_pth(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """A torch state dict file (zip or legacy layout) -> {key: numpy array}, without torch."""
-    path = os.fspath(path)
-    if zipfile.is_zipfile(path):
-        return _load_zip_pth(path)
-    return _load_legacy_pth(path)
+    """A torch state dict file (zip or legacy layout) -> {key: numpy array}, without torch.
+
+    Raises:
+      UnsafeFileError: the pickle names a global a state dict never needs (nothing was run).
+      DamagedFileError: the file is not a readable torch state dict of tensors.
+    """
+    path = require_file(path, _WHAT)
+    with reading(path, _WHAT):
+        state_dict = _load_zip_pth(path) if zipfile.is_zipfile(path) else _load_legacy_pth(path)
+        check_numeric_tree(state_dict, path, _WHAT)
+        return state_dict
 
 
-class _NumpyUnpickler(pickle.Unpickler):
-    """Unpickles nested dicts of numpy arrays (the JAX ports' weight pickle); nothing else."""
+def _port_globals() -> dict[tuple[str, str], Any]:
+    """The globals of a pickled nested dict of numpy arrays (the JAX ports' weights)."""
+    from numpy._core import multiarray
 
-    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"),
-                ("numpy._core.multiarray", "_reconstruct"),
-                ("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict"),
-                ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar")}
+    allowed: dict[tuple[str, str], Any] = {
+        ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+        ("collections", "OrderedDict"): collections.OrderedDict}
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed[(module, "_reconstruct")] = multiarray._reconstruct
+        allowed[(module, "scalar")] = multiarray.scalar
+    return allowed
 
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in self._ALLOWED:
-            return super().find_class(module, name)
-        raise InvalidInputError(
-            f"the weights pickle refers to {module}.{name}; only nested dicts of numpy arrays "
-            f"(the {PICKLE_NAME} layout) are read")
+
+def load_port_pickle(path: str | os.PathLike) -> dict:
+    """The nested dict of numpy arrays in a jax-fid / fidjax weights pickle; nothing else admitted."""
+    path = require_file(path, _WHAT)
+    with reading(path, _WHAT), open(path, "rb") as file:
+        tree = RestrictedUnpickler(io.BytesIO(file.read()), _port_globals(), path=path, what=_WHAT).load()
+        check_numeric_tree(tree, path, _WHAT)
+        return tree
 
 
 def _set(tree: dict, path: list[str], value: np.ndarray) -> None:
@@ -280,18 +334,19 @@ def load_inception_params(path: str | os.PathLike) -> dict:
 
     Raises:
       MissingFileError: no file at `path` (the message says which files work and where to get them).
-      InvalidInputError: the file is not one of the accepted formats or lacks layers.
+      UnsafeFileError: the file asks for code to run (a pickled global no weights file needs);
+        nothing from it was run.
+      InvalidInputError: the file is not one of the accepted formats, is damaged, or lacks layers.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise MissingFileError(missing_weights_message(path))
-    if zipfile.is_zipfile(path) and path.endswith(".npz"):
-        with np.load(path) as data:
-            variables = convert_state_dict({k: data[k] for k in data.files})
-    elif path.endswith((".pickle", ".pkl")):
-        with open(path, "rb") as f:
-            variables = convert_port_pickle(_NumpyUnpickler(f).load())
+    if path.endswith((".pickle", ".pkl")):
+        tree, convert = load_port_pickle(path), convert_port_pickle
     else:
-        variables = convert_state_dict(load_pth(path))
+        tree = load_npz(path, _WHAT) if path.endswith(".npz") else load_pth(path)
+        convert = convert_state_dict
+    with reading(path, _WHAT):  # a damaged file can hold a state dict of unexpected structure
+        variables = convert(tree)
     check_variables(variables, path)
     return variables

@@ -24,7 +24,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import serialization
 
 from score_jax.errors import InvalidInputError, MissingFileError
 from score_jax.models.group_norm import GroupNorm
@@ -198,14 +197,14 @@ def classifier_logits_fn(sde: Any, apply_fn: Any, params: Any, *,
 def load_official_classifier(path: str | pathlib.Path, params_template: Any) -> dict:
     """Parameters of the official noise-conditional classifier checkpoint (a bare msgpack params
     tree, as `models.utils.create_classifier` restores it), checked against params_template."""
-    from score_jax import official_checkpoint  # runtime service; only this loader needs it
+    from score_jax import official_checkpoint, safe_files  # runtime services; only this loader
 
     path = pathlib.Path(path)
     if path.is_dir():
         path = official_checkpoint.latest_checkpoint_file(path)
     if not path.is_file():
         raise MissingFileError(f"classifier checkpoint {str(path)!r} does not exist.")
-    tree = serialization.msgpack_restore(path.read_bytes())
+    tree = safe_files.read_msgpack(path, "classifier checkpoint")
     if not isinstance(tree, dict):
         raise InvalidInputError(f"{str(path)!r} does not hold a parameter tree.")
     official_checkpoint.check_tree_matches(tree, params_template, what=f"classifier {str(path)!r}")
