@@ -90,6 +90,20 @@ class RestrictedUnpickler(pickle.Unpickler):
                               f"this format never needs; refusing to unpickle it.")
 
 
+def latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
+    """`_codecs.encode` as protocol-2 pickles use it for bytes, admitting only latin-1.
+
+    Any other codec name would make the codec registry import a module the file chose.
+    """
+    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
+        raise DamagedFileError(f"a pickled bytes object uses encoding {encoding!r}, not latin-1")
+    return text.encode("latin1")
+
+
+# Protocol-2 pickles (torch's legacy files, Python 2 era ports) spell bytes this way.
+BYTES_GLOBALS = {("_codecs", "encode"): latin1_bytes}
+
+
 def check_numeric_tree(tree: Any, path: str, what: str) -> None:
     """Raise DamagedFileError unless `tree` is nested dicts (str keys) of numeric numpy arrays."""
     stack = [("", tree)]

@@ -27,8 +27,8 @@ import jax
 import numpy as np
 
 from score_jax.errors import InvalidInputError, MissingFileError
-from score_jax.safe_files import (DamagedFileError, RestrictedUnpickler, check_numeric_tree,
-                                  load_npz, reading, require_file)
+from score_jax.safe_files import (BYTES_GLOBALS, DamagedFileError, RestrictedUnpickler,
+                                  check_numeric_tree, load_npz, reading, require_file)
 
 PTH_NAME = "pt_inception-2015-12-05-6726825d.pth"
 PTH_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
@@ -104,7 +104,7 @@ class _TorchUnpickler(RestrictedUnpickler):
             ("torch._utils", "_rebuild_tensor_v2"): rebuild_tensor,
             ("torch._utils", "_rebuild_tensor"): rebuild_tensor,
             ("torch._utils", "_rebuild_parameter"): lambda data, *_: data,
-            ("collections", "OrderedDict"): collections.OrderedDict})
+            ("collections", "OrderedDict"): collections.OrderedDict, **BYTES_GLOBALS})
         super().__init__(file, allowed, path=path, what=_WHAT)
         self._load_storage = load_storage
 
@@ -209,7 +209,7 @@ def _port_globals() -> dict[tuple[str, str], Any]:
 
     allowed: dict[tuple[str, str], Any] = {
         ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
-        ("collections", "OrderedDict"): collections.OrderedDict}
+        ("collections", "OrderedDict"): collections.OrderedDict, **BYTES_GLOBALS}
     for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
         allowed[(module, "_reconstruct")] = multiarray._reconstruct
         allowed[(module, "scalar")] = multiarray.scalar
