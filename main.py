@@ -78,7 +78,12 @@ _BENIGN_WARNINGS = (
 class _DropBenign(pylogging.Filter):
     def filter(self, record: pylogging.LogRecord) -> bool:
         message = record.getMessage()
-        return not any(text in message for text in _BENIGN_WARNINGS)
+        if any(text in message for text in _BENIGN_WARNINGS):
+            return False
+        # orbax logs the trace of a save that hit a full or read-only disk from each of its
+        # threads; the run stops with one line that says so (workdir.stop_on_write_failure).
+        from score_jax import workdir
+        return not (record.exc_info and workdir.write_failure(record.exc_info[1]))
 
 
 def _quiet_third_party() -> None:
@@ -154,11 +159,11 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 def _exit_after_error(coordinator_slot: list, error: BaseException, code: int) -> None:
-    """Tell the other processes (if any), then leave without jax.distributed's shutdown barrier,
-    which would wait minutes for a process that is gone."""
-    if not coordinator_slot or coordinator_slot[0].count == 1:
-        sys.exit(code)
-    coordinator_slot[0].fail(error)
+    """Tell the other processes (if any), then leave at once: without jax.distributed's shutdown
+    barrier, which would wait minutes for a process that is gone, and without joining library
+    threads that wait for work that will never come (orbax's save threads after a failed write)."""
+    if coordinator_slot:
+        coordinator_slot[0].fail(error)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

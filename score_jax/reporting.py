@@ -45,6 +45,33 @@ class Progress:
         self.close()
 
 
+class _EventFile:
+    """TensorBoard scalars written and flushed in the caller's thread.
+
+    tensorboardX's SummaryWriter writes from a background thread, so a full or read-only disk
+    surfaced there as a thread's trace and again in an atexit hook; written here, the OSError
+    reaches the training loop, which stops with one line.
+    """
+
+    def __init__(self, logdir: str | pathlib.Path):
+        from tensorboardX.event_file_writer import EventsWriter  # only a main process needs it
+
+        pathlib.Path(logdir).mkdir(parents=True, exist_ok=True)
+        self._events = EventsWriter(str(pathlib.Path(logdir) / "events"))
+
+    def scalars(self, step: int, values: Mapping[str, float]) -> None:
+        from tensorboardX import summary
+        from tensorboardX.proto import event_pb2
+
+        for name, value in values.items():
+            self._events.write_event(event_pb2.Event(
+                wall_time=time.time(), step=int(step), summary=summary.scalar(name, value)))
+        self._events.flush()
+
+    def close(self) -> None:
+        self._events.close()
+
+
 class Reporter:
     """Messages, progress bars and (with a `logdir`) TensorBoard; `enabled=False`: all no-ops."""
 
@@ -53,8 +80,7 @@ class Reporter:
         self._writer = None
         self._last_step, self._last_time = 0, time.perf_counter()
         if enabled and logdir is not None:
-            from tensorboardX import SummaryWriter  # a non-main process never needs it
-            self._writer = SummaryWriter(str(logdir))
+            self._writer = _EventFile(logdir)
 
     def progress(self, total: int, *, desc: str, unit: str, initial: int = 0) -> Progress:
         """A progress bar for `total` units of work (a no-op bar when disabled)."""
@@ -64,8 +90,7 @@ class Reporter:
         """Write scalars to TensorBoard at `step`."""
         if self._writer is None:
             return
-        for name, value in values.items():
-            self._writer.add_scalar(name, float(np.asarray(value)), step)
+        self._writer.scalars(step, {name: float(np.asarray(v)) for name, v in values.items()})
 
     def start_rate(self, step: int) -> None:
         """Start the wall clock of `steps_per_second` at `step`."""
@@ -89,5 +114,5 @@ class Reporter:
     def close(self) -> None:
         """Flush and close the TensorBoard writer."""
         if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+            writer, self._writer = self._writer, None
+            writer.close()

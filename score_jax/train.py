@@ -10,6 +10,7 @@ function of the step.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import pathlib
@@ -265,9 +266,34 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     t = config.training
     manager = checkpoints.open_manager(path / "checkpoints", snapshot_every=t.snapshot_freq,
                                        async_save=async_checkpoints)
-    reporter = reporting.Reporter(path / "tensorboard", enabled=parallel.is_main_process())
-    preemption = _Preemption(manager)
-    try:
+    with workdir_lib.stop_on_write_failure(path, lambda: _what_is_kept(path / "checkpoints")):
+        loop = _train_in(config, exp, mesh, data, path, manager, init_from_official)
+    if jax.process_count() > 1:
+        print(f"process {jax.process_index()}/{jax.process_count()}: step {loop.step}, local "
+              f"params sha256 {parallel.params_digest(loop.state.params)}", flush=True)
+    return loop.step
+
+
+def _what_is_kept(directory: pathlib.Path) -> str:
+    """One sentence on the complete checkpoints left in `directory` (after a failed write)."""
+    steps = checkpoints.snapshot_steps(directory)
+    if not steps:
+        return "no checkpoint had been completed yet."
+    return (f"the complete checkpoints are intact (steps {', '.join(map(str, steps))}; newest "
+            f"{steps[-1]}).")
+
+
+def _train_in(config, exp, mesh, data, path, manager, init_from_official) -> _Loop:
+    """The body of `train` once the workdir is open; every resource closed on the way out."""
+    t = config.training
+    with contextlib.ExitStack() as closing:  # each closer runs even when an earlier one raises
+        closing.callback(data.close)
+        closing.callback(manager.close)
+        reporter = reporting.Reporter(path / "tensorboard", enabled=parallel.is_main_process())
+        closing.callback(reporter.close)
+        closing.callback(manager.wait_until_finished)
+        preemption = _Preemption(manager)
+        closing.callback(preemption.restore)
         state, data_state = _restore_or_init(config, exp, manager, mesh, init_from_official,
                                              reporter)
         step = int(parallel.to_host(state.step))
@@ -283,14 +309,4 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
                                                      experiment.n_jitted_steps(config)),
                    data, manager, preemption, sampler, scorer, reporter)
         reporter.start_rate(step)
-        loop = _loop(run, _Loop(step, state))
-    finally:
-        preemption.restore()
-        manager.wait_until_finished()
-        manager.close()
-        reporter.close()
-        data.close()
-    if jax.process_count() > 1:
-        print(f"process {jax.process_index()}/{jax.process_count()}: step {loop.step}, local "
-              f"params sha256 {parallel.params_digest(loop.state.params)}", flush=True)
-    return loop.step
+        return _loop(run, _Loop(step, state))

@@ -6,9 +6,12 @@ Layout (every mode writes under it): `checkpoints/` (orbax), `tensorboard/`, `sa
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import pathlib
-from typing import Callable
+import re
+from typing import Callable, Iterator, Optional
 
 import jax
 
@@ -55,3 +58,41 @@ def require_checkpoints(workdir: str | os.PathLike) -> pathlib.Path:
         raise MissingFileError(f"--workdir: {path} holds no checkpoints/ directory; train first "
                                f"(--mode train) or pass the workdir of a training run.")
     return path
+
+
+# errnos that mean "this disk cannot take the write", not a bug: full, over quota, read-only, denied.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+# The same failures as worded by libraries that do not raise OSError (tensorstore's status text).
+_WRITE_TEXT = re.compile(r"No space left on device|Read-only file system|Permission denied|"
+                         r"Disk quota exceeded|File too large")
+
+
+def write_failure(error: BaseException) -> Optional[str]:
+    """Why a write failed ("No space left on device", ...) if `error` or its causes say so."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in _WRITE_ERRNOS:
+            return os.strerror(error.errno)
+        match = _WRITE_TEXT.search(str(error))
+        if match:
+            return match.group(0)
+        error = error.__cause__ or error.__context__
+    return None
+
+
+@contextlib.contextmanager
+def stop_on_write_failure(path: pathlib.Path, done: Callable[[], str]) -> Iterator[None]:
+    """Turn a full, read-only or forbidden disk under `path` into one NotWritableError.
+
+    `done()` says what the workdir still holds (e.g. the newest complete checkpoint); it is called
+    only after the failure, so the message reports the state actually left on disk.
+    """
+    try:
+        yield
+    except Exception as e:
+        reason = write_failure(e)
+        if reason is None:
+            raise
+        raise NotWritableError(f"writing to {path} failed ({reason}); {done()} Free space or "
+                               f"restore write access, then rerun the same command to resume.") from e

@@ -188,3 +188,77 @@ def test_sigterm_saves_and_exits_cleanly(reference):
     steps = checkpoints.snapshot_steps(workdir / "checkpoints")
     assert steps and steps[-1] < 100000 and "preemption notice: checkpoint saved at step " \
         f"{steps[-1]}" in stdout
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real tmpfs mounted at tmp_path/disk (root only), and `remount(options)` for it."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+
+    def remount(option: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,{option}", str(mount)], check=True)
+
+    yield mount, remount
+    subprocess.run(["umount", "-R", "-l", str(mount)], check=False)
+
+
+def _one_error_line(out) -> str:
+    errors = [l for l in out.stderr.splitlines() if l.startswith("error: ")]
+    assert out.returncode == 2 and len(errors) == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    return errors[0]
+
+
+def test_full_or_read_only_disk_stops_in_one_line_and_resumes_bitwise(reference, small_disk):
+    ref_dir, _, env, _ = reference
+    mount, remount = small_disk
+    workdir = mount / "run"
+    every3 = ["--config.training.snapshot_freq=3"]  # keep every checkpoint, so the disk fills
+    # tmpfs charges whole 4 KiB pages per file and directory.
+    size = sum(-(-f.stat().st_size // 4096) * 4096 if f.is_file() else 4096
+               for f in (ref_dir / "checkpoints" / "12").rglob("*"))
+    # Room for one checkpoint and a half: the second one's write fails with ENOSPC.
+    remount(f"size={int(1.5 * size) // 4096 * 4096}")
+    out = subprocess.run(_cmd(workdir, every3), env=env, capture_output=True, text=True, timeout=240)
+    line = _one_error_line(out)
+    assert "No space left on device" in line and "rerun the same command" in line
+    kept = checkpoints.snapshot_steps(workdir / "checkpoints")
+    assert kept and kept[-1] < 24 and f"newest {kept[-1]}" in line
+
+    # Room again, then the disk turns read-only (EROFS) while the resumed run is writing.
+    remount("size=64m")
+    proc = subprocess.Popen(_cmd(workdir, every3), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while not (workdir / "checkpoints" / str(kept[-1] + 3)).is_dir() and time.time() < deadline:
+        time.sleep(0.02)
+    # A read-only bind mount over the workdir (the tmpfs itself cannot turn read-only while the
+    # run holds files open): every new file and directory under it fails with EROFS.
+    subprocess.run(["mount", "--bind", str(workdir), str(workdir)], check=True)
+    # The remount is refused (EBUSY) while a file is open for writing through the new bind; the
+    # run closes its files between writes.
+    for _ in range(500):
+        if subprocess.run(["mount", "-o", "remount,bind,ro", str(workdir)]).returncode == 0:
+            break
+        time.sleep(0.01)
+    else:
+        pytest.fail("could not make the workdir read-only")
+    stdout, stderr = proc.communicate(timeout=180)
+    line = _one_error_line(subprocess.CompletedProcess([], proc.returncode, stdout, stderr))
+    assert "Read-only file system" in line
+    assert checkpoints.snapshot_steps(workdir / "checkpoints")[-1] < 24
+
+    # Writable again: the rerun resumes from the newest complete checkpoint and ends bit for bit
+    # where the uninterrupted run did.
+    subprocess.run(["umount", str(workdir)], check=True)
+    out = subprocess.run(_cmd(workdir, every3), env=env, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "resuming from the checkpoint at step" in out.stdout
+    step, params, ema = _params(workdir)
+    _, ref_params, ref_ema = _params(ref_dir)
+    assert step == 24
+    _assert_same(params, ref_params)
+    _assert_same(ema, ref_ema)
