@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from score_jax.models.cpu_sums import spatial_sum, use_products
+from score_jax.models.cpu.sums import spatial_sum, use_products
 
 Array = jax.Array
 

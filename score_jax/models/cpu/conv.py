@@ -1,7 +1,7 @@
-"""flax.linen.Conv with its bias added by `cpu_sums.add_bias` (same parameters, same maths).
+"""flax.linen.Conv with its bias added by `sums.add_bias` (same parameters, same maths).
 
 The score networks' 2-D convolutions (NHWC, one shared kernel, no mask or feature groups) take
-this path; any other use of the layer is flax's own code. See cpu_sums for why the bias gradient
+this path; any other use of the layer is flax's own code. See sums.py for why the bias gradient
 matters on the CPU.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
-from score_jax.models import cpu_sums
+from score_jax.models.cpu.sums import add_bias
 
 Array = jax.Array
 
@@ -23,7 +23,7 @@ def _pair(v) -> tuple[int, int]:
 
 
 class Conv(nn.Conv):
-    """flax.linen.Conv; in the 2-D NHWC case with a bias, the bias goes through cpu_sums.add_bias."""
+    """flax.linen.Conv; in the 2-D NHWC case with a bias, the bias goes through sums.add_bias."""
 
     @nn.compact
     def __call__(self, inputs: Array) -> Array:
@@ -43,4 +43,4 @@ class Conv(nn.Conv):
             inputs, kernel, _pair(self.strides), self.padding, lhs_dilation=_pair(self.input_dilation),
             rhs_dilation=_pair(self.kernel_dilation), dimension_numbers=("NHWC", "HWIO", "NHWC"),
             precision=self.precision)
-        return cpu_sums.add_bias(y, bias)
+        return add_bias(y, bias)

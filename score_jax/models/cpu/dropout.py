@@ -5,7 +5,7 @@ keep compile times down), so every dropout mask of a train step becomes a loop t
 whole [B,H,W,C] state to memory five times, plus the copies of the loop tuples around it. The
 hash written out as twenty rounds of plain uint32 adds, rotations and xors is one elementwise
 fusion. XLA:CPU would put that fusion into both consumers of the mask (the forward select and its
-backward formula), so on the CPU the mask is stored once (grad_barrier.materialize), one byte per
+backward formula), so on the CPU the mask is stored once (barrier.materialize), one byte per
 element.
 
 The bits are those of `jax.random.bits` with partitionable threefry (JAX's default): the hash of
@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_jax.models.grad_barrier import materialize
+from score_jax.models.cpu.barrier import materialize
 
 Array = jax.Array
 
