@@ -91,8 +91,8 @@ def test_gradient_equals_flax_and_hashes_once():
     full = re.escape(",".join(map(str, shape)))
     hashing = [c for c in re.split(r"\n(?=\S)", hlo)
                if re.search(rf"u32\[{full}\]\{{[^}}]*\}} xor\(", c) and re.search(rf"ROOT %\S+ = \w+\[{full}\]", c)]
-    assert len(hashing) == 1
-    if jax.default_backend() == "cpu":  # JAX's own threefry lowering there is a rolled loop
+    if jax.default_backend() == "cpu":  # elsewhere the layer is jax.random's; there it is a rolled loop
+        assert len(hashing) == 1
         bernoulli = jax.jit(lambda k: jax.random.bernoulli(k, 0.9, shape)).lower(args[2]).compile().as_text()
         assert " while(" in bernoulli
 

@@ -13,6 +13,9 @@ the key and each element's flat index, the two output words xor-ed. So the mask 
 `flax.linen.Dropout`'s for the same key, on every platform and under any sharding, and training
 keeps its results; only the code XLA runs differs. Keys of other PRNG implementations, or JAX
 configured with non-partitionable threefry, fall back to `jax.random.bernoulli`.
+
+On GPU and TPU JAX already lowers threefry unrolled, so there, and everywhere with
+SCORE_JAX_CPU_DROPOUT=0, the layer draws its mask with `jax.random.bernoulli` as flax's does.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from score_jax.models.cpu.barrier import materialize
+from score_jax.models.cpu.switches import enabled
 
 Array = jax.Array
 
@@ -110,8 +114,10 @@ class Dropout(nn.Module):
             return jnp.zeros_like(x)
         keep_prob = 1.0 - self.rate
         key = self.make_rng(self.rng_collection)
-        mask = keep_mask(key, keep_prob, x.shape)
-        if jax.default_backend() == "cpu":
+        if jax.default_backend() != "cpu" or not enabled("dropout"):
+            mask = jax.random.bernoulli(key, keep_prob, x.shape)
+        else:
+            mask = keep_mask(key, keep_prob, x.shape)
             # Stored once (one byte per element): otherwise XLA:CPU fuses the whole hash into the
             # backward pass's consumer of the mask as well, and computes it twice. The key, not
             # the mask's first element, feeds the loop's runtime 1: XLA would compile the whole
