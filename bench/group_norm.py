@@ -1,4 +1,4 @@
-"""score_jax's GroupNorm (score_jax/models/group_norm.py) against flax.linen.GroupNorm, side by side.
+"""score_jax's GroupNorm (score_jax/models/cpu/group_norm.py) against flax.linen.GroupNorm, side by side.
 
   python bench/group_norm.py [--configs digits,cifar10] [--rounds 3] [--steps 2] [--layer_only]
 
@@ -7,7 +7,7 @@ Two measurements in one process, each with interleaved repeats and medians:
      CIFAR-10 DDPM++'s first resolution;
   2. whole train steps (bench/train_step.py's `config_train_step`: loss, gradient, clipping, Adam,
      EMA) of each config, built once with score_jax's layer and once with flax's (the models look
-     the layer up in score_jax.models.layerspp at trace time), compiled with score_jax's XLA:CPU
+     the layer up as score_jax.models.cpu.GroupNorm at trace time), compiled with score_jax's XLA:CPU
      flags. It also prints the largest parameter difference after one step of each from the same
      state, which float rounding alone explains.
 Ratios are ours / flax time (< 1: ours faster). Configs: 'digits' = configs/vp/digits_ddpmpp_continuous
@@ -30,11 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from train_step import config_train_step  # noqa: E402  (applies score_jax's XLA:CPU defaults)
 
-from score_jax.models import group_norm, layerspp  # noqa: E402
+from score_jax.models import cpu  # noqa: E402
 
 CONFIGS = {"digits": ("configs.vp.digits_ddpmpp_continuous", 64),
            "cifar10": ("configs.vp.cifar10_ddpmpp_continuous", 8)}
-LAYERS = {"score_jax": group_norm.GroupNorm, "flax": nn.GroupNorm}
+LAYERS = {"score_jax": cpu.GroupNorm, "flax": nn.GroupNorm}
 
 
 def _alternate(fns: dict, rounds: int, steps: int) -> dict[str, float]:
@@ -71,14 +71,14 @@ def train_step(name: str, rounds: int, steps: int) -> None:
     module, batch = CONFIGS[name]
     compiled, outputs = {}, {}
     for layer_name, cls in LAYERS.items():
-        layerspp.GroupNorm = cls
+        cpu.GroupNorm = cls  # layerspp.group_norm reads it at each call
         step, state, x = config_train_step(module, batch)
         start = time.perf_counter()
         compiled[layer_name] = jax.jit(step).lower(state, x).compile()
         print(f"  {name} with {layer_name}'s GroupNorm: compiled in "
               f"{time.perf_counter() - start:.1f} s", flush=True)
         outputs[layer_name] = compiled[layer_name](state, x)
-    layerspp.GroupNorm = group_norm.GroupNorm
+    cpu.GroupNorm = LAYERS["score_jax"]
     diff = max(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
         lambda a, b: float(jnp.max(jnp.abs(a - b))), outputs["score_jax"][0].params,
         outputs["flax"][0].params)))

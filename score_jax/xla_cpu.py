@@ -8,6 +8,12 @@ step 250 ms against 160-175 ms (`bench/twin.py --baseline_xla_flags ""` measures
 machine at hand). So score_jax turns YNNPACK fusions off unless the user's XLA_FLAGS already
 says how to use them. The flags only change which kernels run on the CPU; the GPU and TPU
 backends ignore them.
+
+The networks' own XLA:CPU workarounds live in score_jax/models/cpu/, whose docstring lists them all
+with this one. This module stays here, outside it: it is process configuration that main.py,
+tests/conftest.py and bench/ apply before JAX starts (for every computation, the Inception network
+and the samplers included), and it imports nothing but `os`, so applying it loads neither JAX nor
+flax.
 """
 
 from __future__ import annotations

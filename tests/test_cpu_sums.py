@@ -1,4 +1,4 @@
-"""cpu_sums' bias additions and score_jax's Conv against the plain formulas under autodiff, and
+"""cpu.sums' bias additions and score_jax's Conv against the plain formulas under autodiff, and
 score_jax's Conv against flax.linen.Conv (same parameters, outputs and gradients)."""
 
 import flax.linen as nn
@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from score_jax.models import cpu_sums
-from score_jax.models.conv import Conv
+from score_jax.models.cpu import sums as cpu_sums
+from score_jax.models.cpu.conv import Conv
 
 
 def test_spatial_sum_is_the_sum():

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from score_jax.errors import InvalidInputError, MissingFileError
-from score_jax.models.group_norm import GroupNorm
+from score_jax.models import cpu
 from score_jax.models.layerspp import GaussianFourierProjection
 
 Array = jax.Array
@@ -42,7 +42,7 @@ def _dense_out_init(key, shape, dtype=jnp.float32):
 
 
 def _norm(x: Array, name: str) -> Array:
-    return GroupNorm(num_groups=min(x.shape[-1] // 4, 32), epsilon=1e-5, name=name)(x)
+    return cpu.GroupNorm(num_groups=min(x.shape[-1] // 4, 32), epsilon=1e-5, name=name)(x)
 
 
 def _skip_add(block_x: Array, orig_x: Array) -> Array:

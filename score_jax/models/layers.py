@@ -23,10 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from score_jax.errors import InvalidInputError
-from score_jax.models import cpu_sums
-from score_jax.models.conv import Conv
-from score_jax.models.dropout import Dropout
-from score_jax.models.grad_barrier import grad_barrier
+from score_jax.models import cpu
 
 Array = jax.Array
 Dtype = Any
@@ -60,7 +57,7 @@ def default_init(scale: float = 1.0) -> Initializer:
 def ddpm_conv1x1(x: Array, out_planes: int, stride: int = 1, bias: bool = True, dilation: int = 1,
                  init_scale: float = 1.0, dtype: Optional[Dtype] = None) -> Array:
     """1x1 convolution with DDPM init, created in the caller's scope: x [B,H,W,C] -> [B,H',W',out]."""
-    return Conv(out_planes, kernel_size=(1, 1), strides=(stride, stride), padding="SAME",
+    return cpu.Conv(out_planes, kernel_size=(1, 1), strides=(stride, stride), padding="SAME",
                 use_bias=bias, kernel_dilation=(dilation, dilation), kernel_init=default_init(init_scale),
                 bias_init=jax.nn.initializers.zeros, dtype=dtype)(x)
 
@@ -68,7 +65,7 @@ def ddpm_conv1x1(x: Array, out_planes: int, stride: int = 1, bias: bool = True, 
 def ddpm_conv3x3(x: Array, out_planes: int, stride: int = 1, bias: bool = True, dilation: int = 1,
                  init_scale: float = 1.0, dtype: Optional[Dtype] = None) -> Array:
     """3x3 convolution with DDPM init, created in the caller's scope: x [B,H,W,C] -> [B,H',W',out]."""
-    return Conv(out_planes, kernel_size=(3, 3), strides=(stride, stride), padding="SAME",
+    return cpu.Conv(out_planes, kernel_size=(3, 3), strides=(stride, stride), padding="SAME",
                 use_bias=bias, kernel_dilation=(dilation, dilation), kernel_init=default_init(init_scale),
                 bias_init=jax.nn.initializers.zeros, dtype=dtype)(x)
 
@@ -101,7 +98,7 @@ class NIN(nn.Module):
         b = self.param("b", jax.nn.initializers.zeros, (self.num_units,))
         dtype = self.dtype or jnp.result_type(x, w)
         y = jnp.tensordot(x.astype(dtype), w.astype(dtype), axes=1)
-        return cpu_sums.add_bias(y, b.astype(dtype))
+        return cpu.add_bias(y, b.astype(dtype))
 
 
 def spatial_attention(q: Array, k: Array, v: Array) -> Array:
@@ -183,13 +180,13 @@ class ResnetBlockDDPM(nn.Module):
         h = ddpm_conv3x3(h, out_ch, dtype=self.dtype)
         if temb is not None:
             bias = nn.Dense(out_ch, kernel_init=default_init(), dtype=self.dtype)(self.act(temb))
-            h = cpu_sums.add_example_bias(h, bias)
+            h = cpu.add_example_bias(h, bias)
         h = self.act(self.normalize()(h))
-        h = Dropout(self.dropout)(h, deterministic=not train)
+        h = cpu.Dropout(self.dropout)(h, deterministic=not train)
         h = ddpm_conv3x3(h, out_ch, init_scale=0.0, dtype=self.dtype)
         if c != out_ch:
             if self.conv_shortcut:
                 x = ddpm_conv3x3(x, out_ch, dtype=self.dtype)
             else:
                 x = NIN(out_ch, dtype=self.dtype)(x)
-        return grad_barrier(x + h)  # see grad_barrier.py
+        return cpu.grad_barrier(x + h)

@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from score_jax.errors import InvalidInputError
-from score_jax.models.group_norm import GroupNorm
+from score_jax.models import cpu
 
 Array = jax.Array
 NormFactory = Callable[[], nn.Module]  # zero-argument module factory: norm()(x) or norm()(x, labels)
@@ -143,7 +143,7 @@ NORMALIZATIONS: dict[str, NormFactory] = {
     "InstanceNorm": InstanceNorm2d,
     "InstanceNorm++": InstanceNorm2dPlus,
     "VarianceNorm": VarianceNorm2d,
-    "GroupNorm": GroupNorm,  # flax.linen.GroupNorm's defaults as officially: 32 groups, epsilon 1e-6
+    "GroupNorm": cpu.GroupNorm,  # flax.linen.GroupNorm's defaults as officially: 32 groups, epsilon 1e-6
 }
 CONDITIONAL_NORMALIZATIONS = ("InstanceNorm++",)
 

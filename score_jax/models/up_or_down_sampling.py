@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_jax.models import cpu_sums
+from score_jax.models import cpu
 from score_jax.models.layers import default_init
 from score_jax.errors import InvalidInputError
 
@@ -147,5 +147,5 @@ class Conv2d(nn.Module):
                                              dimension_numbers=_NHWC)
         if self.use_bias:
             b = self.param("bias", jax.nn.initializers.zeros, (x.shape[-1],))
-            x = cpu_sums.add_bias(x, b.astype(dtype))
+            x = cpu.add_bias(x, b.astype(dtype))
         return x

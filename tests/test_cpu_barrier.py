@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from score_jax.models import layerspp
-from score_jax.models.grad_barrier import grad_barrier, materialize
+from score_jax.models.cpu.barrier import grad_barrier, materialize
 
 
 def _loss(barrier: bool):

@@ -5,7 +5,7 @@ keep compile times down), so every dropout mask of a train step becomes a loop t
 whole [B,H,W,C] state to memory five times, plus the copies of the loop tuples around it. The
 hash written out as twenty rounds of plain uint32 adds, rotations and xors is one elementwise
 fusion. XLA:CPU would put that fusion into both consumers of the mask (the forward select and its
-backward formula), so on the CPU the mask is stored once (grad_barrier.materialize), one byte per
+backward formula), so on the CPU the mask is stored once (barrier.materialize), one byte per
 element.
 
 The bits are those of `jax.random.bits` with partitionable threefry (JAX's default): the hash of
@@ -13,6 +13,9 @@ the key and each element's flat index, the two output words xor-ed. So the mask 
 `flax.linen.Dropout`'s for the same key, on every platform and under any sharding, and training
 keeps its results; only the code XLA runs differs. Keys of other PRNG implementations, or JAX
 configured with non-partitionable threefry, fall back to `jax.random.bernoulli`.
+
+On GPU and TPU JAX already lowers threefry unrolled, so there, and everywhere with
+SCORE_JAX_CPU_DROPOUT=0, the layer draws its mask with `jax.random.bernoulli` as flax's does.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_jax.models.grad_barrier import materialize
+from score_jax.models.cpu.barrier import materialize
+from score_jax.models.cpu.switches import enabled
 
 Array = jax.Array
 
@@ -110,8 +114,10 @@ class Dropout(nn.Module):
             return jnp.zeros_like(x)
         keep_prob = 1.0 - self.rate
         key = self.make_rng(self.rng_collection)
-        mask = keep_mask(key, keep_prob, x.shape)
-        if jax.default_backend() == "cpu":
+        if jax.default_backend() != "cpu" or not enabled("dropout"):
+            mask = jax.random.bernoulli(key, keep_prob, x.shape)
+        else:
+            mask = keep_mask(key, keep_prob, x.shape)
             # Stored once (one byte per element): otherwise XLA:CPU fuses the whole hash into the
             # backward pass's consumer of the mask as well, and computes it twice. The key, not
             # the mask's first element, feeds the loop's runtime 1: XLA would compile the whole

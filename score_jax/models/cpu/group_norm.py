@@ -14,7 +14,7 @@ with the four spatial sums shared between dx, d scale and d bias. Measured on a 
 the CIFAR-10 DDPM++ train step at batch 8 8.42 -> 7.79 s in one run and 7.72 -> 7.71 s in another,
 so the step gain is within this machine's noise. At small spatial sizes (the digits
 network's 8x8 and 4x4) the products lose, and on GPU and TPU XLA's reductions are already fast:
-there the layer runs flax's own code under autodiff.
+there the layer runs flax's own code under autodiff, as it does everywhere with SCORE_JAX_CPU_GROUP_NORM=0.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from score_jax.models.cpu_sums import spatial_sum, use_products
+from score_jax.models.cpu.sums import spatial_sum, use_products
+from score_jax.models.cpu.switches import enabled
 
 Array = jax.Array
 
@@ -94,8 +95,8 @@ class GroupNorm(nn.GroupNorm):
 
     @nn.compact
     def __call__(self, x: Array, *, mask: Optional[Array] = None) -> Array:
-        fused = (use_products(x) and mask is None and self.group_size is None and self.axis_name is None
-                 and self.use_bias and self.use_scale and self.use_fast_variance
+        fused = (enabled("group_norm") and use_products(x) and mask is None and self.group_size is None
+                 and self.axis_name is None and self.use_bias and self.use_scale and self.use_fast_variance
                  and self.reduction_axes is None and self.num_groups > 0
                  and x.shape[-1] % self.num_groups == 0)
         if not fused:

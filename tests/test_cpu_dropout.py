@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from score_jax.models import dropout, layerspp
+from score_jax.models import cpu, layerspp
+from score_jax.models.cpu import dropout
 
 SHAPES = [(7,), (3, 5), (2, 4, 4, 3), (1, 3, 1, 33), (5, 1)]
 
@@ -66,7 +67,7 @@ def test_block_in_train_mode_equals_flax_dropout(monkeypatch):
     rngs = {"dropout": jax.random.PRNGKey(7)}
     ours = block.apply(variables, x, train=True, rngs=rngs)
     assert not np.array_equal(ours, block.apply(variables, x, train=False))
-    monkeypatch.setattr(layerspp, "Dropout", nn.Dropout)
+    monkeypatch.setattr(cpu, "Dropout", nn.Dropout)
     np.testing.assert_array_equal(ours, block.apply(variables, x, train=True, rngs=rngs))
 
 
@@ -90,8 +91,8 @@ def test_gradient_equals_flax_and_hashes_once():
     full = re.escape(",".join(map(str, shape)))
     hashing = [c for c in re.split(r"\n(?=\S)", hlo)
                if re.search(rf"u32\[{full}\]\{{[^}}]*\}} xor\(", c) and re.search(rf"ROOT %\S+ = \w+\[{full}\]", c)]
-    assert len(hashing) == 1
-    if jax.default_backend() == "cpu":  # JAX's own threefry lowering there is a rolled loop
+    if jax.default_backend() == "cpu":  # elsewhere the layer is jax.random's; there it is a rolled loop
+        assert len(hashing) == 1
         bernoulli = jax.jit(lambda k: jax.random.bernoulli(k, 0.9, shape)).lower(args[2]).compile().as_text()
         assert " while(" in bernoulli
 

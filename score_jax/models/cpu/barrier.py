@@ -11,7 +11,8 @@ by a runtime 1.0 (exact: g * 1.0 == g) once, so the barrier passes every value t
 bit, NaN and infinity included; only the code around it is fused differently, which can change a
 gradient's float32 rounding.
 
-On GPU and TPU, where XLA's fusion heuristics differ, it is the plain identity.
+On GPU and TPU, where XLA's fusion heuristics differ, and with SCORE_JAX_CPU_GRAD_BARRIER=0, it is the
+plain identity.
 
 `materialize`, the one-trip loop itself, serves forward values that XLA:CPU would otherwise
 recompute in each consumer too (dropout.py's masks), for any dtype.
@@ -23,6 +24,8 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+
+from score_jax.models.cpu.switches import enabled
 
 Array = jax.Array
 
@@ -75,4 +78,4 @@ _barrier.defvjp(_barrier_fwd, _barrier_bwd)
 
 def grad_barrier(x: Array) -> Array:
     """x [...] unchanged; on the CPU its cotangent is materialised once (see the module docstring)."""
-    return _barrier(x) if jax.default_backend() == "cpu" else x
+    return _barrier(x) if jax.default_backend() == "cpu" and enabled("grad_barrier") else x

@@ -9,8 +9,9 @@ train step at batch 8 spent 1.55 s of thread time per step in convolution-bias r
 recompute such chains (the longest 230 ms for one [128] bias). A matrix product is a library
 call that XLA does not fuse into, so the operand is computed once and read by a GEMV.
 
-On GPU and TPU, and below MIN_POSITIONS spatial positions (where the products lose to XLA's
-reductions), everything here is the plain formula under autodiff.
+On GPU and TPU, below MIN_POSITIONS spatial positions (where the products lose to XLA's
+reductions), and with SCORE_JAX_CPU_BIAS_SUMS=0, the bias additions are the plain formula under
+autodiff.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import math
 
 import jax
 import jax.numpy as jnp
+
+from score_jax.models.cpu.switches import enabled
 
 Array = jax.Array
 
@@ -74,11 +77,15 @@ def _add_bwd(per_example, v, g):
 _add.defvjp(_add_fwd, _add_bwd)
 
 
+def _products(y: Array) -> bool:
+    return enabled("bias_sums") and use_products(y)
+
+
 def add_bias(y: Array, b: Array) -> Array:
     """y [N, ..., C] + b [C] (in y's dtype); on the CPU its gradient in b is a product with ones."""
-    return (_add if use_products(y) else _plain_add)(y, b, False)
+    return (_add if _products(y) else _plain_add)(y, b, False)
 
 
 def add_example_bias(y: Array, v: Array) -> Array:
     """y [N, ..., C] + v [N, C] at every position; on the CPU its gradient in v is a product."""
-    return (_add if use_products(y) else _plain_add)(y, v, True)
+    return (_add if _products(y) else _plain_add)(y, v, True)

@@ -1,8 +1,8 @@
-"""flax.linen.Conv with its bias added by `cpu_sums.add_bias` (same parameters, same maths).
+"""flax.linen.Conv with its bias added by `sums.add_bias` (same parameters, same maths).
 
-The score networks' 2-D convolutions (NHWC, one shared kernel, no mask or feature groups) take
-this path; any other use of the layer is flax's own code. See cpu_sums for why the bias gradient
-matters on the CPU.
+On the CPU the score networks' 2-D convolutions (NHWC, one shared kernel, no mask or feature
+groups) take this path; any other use of the layer, every use on GPU and TPU and every use with
+SCORE_JAX_CPU_BIAS_SUMS=0 is flax's own code. See sums.py for why the bias gradient matters on the CPU.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
-from score_jax.models import cpu_sums
+from score_jax.models.cpu.sums import add_bias
+from score_jax.models.cpu.switches import enabled
 
 Array = jax.Array
 
@@ -23,14 +24,15 @@ def _pair(v) -> tuple[int, int]:
 
 
 class Conv(nn.Conv):
-    """flax.linen.Conv; in the 2-D NHWC case with a bias, the bias goes through cpu_sums.add_bias."""
+    """flax.linen.Conv; on the CPU, in the 2-D NHWC case with a bias, the bias goes through sums.add_bias."""
 
     @nn.compact
     def __call__(self, inputs: Array) -> Array:
-        simple = (self.use_bias and inputs.ndim == 4 and not isinstance(self.kernel_size, int)
-                  and len(self.kernel_size) == 2 and self.shared_weights and self.mask is None
-                  and self.feature_group_count == 1 and self.conv_general_dilated is None
-                  and self.conv_general_dilated_cls is None and self.padding in ("SAME", "VALID"))
+        simple = (jax.default_backend() == "cpu" and enabled("bias_sums") and self.use_bias and inputs.ndim == 4
+                  and not isinstance(self.kernel_size, int) and len(self.kernel_size) == 2
+                  and self.shared_weights and self.mask is None and self.feature_group_count == 1
+                  and self.conv_general_dilated is None and self.conv_general_dilated_cls is None
+                  and self.padding in ("SAME", "VALID"))
         if not simple:
             return super().__call__(inputs)
         # Parameters in flax's order (kernel, then bias), so initialisation draws the same keys.
@@ -43,4 +45,4 @@ class Conv(nn.Conv):
             inputs, kernel, _pair(self.strides), self.padding, lhs_dilation=_pair(self.input_dilation),
             rhs_dilation=_pair(self.kernel_dilation), dimension_numbers=("NHWC", "HWIO", "NHWC"),
             precision=self.precision)
-        return cpu_sums.add_bias(y, bias)
+        return add_bias(y, bias)

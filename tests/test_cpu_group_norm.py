@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from score_jax.models import cpu_sums
-from score_jax.models import group_norm as gn_lib
+from score_jax.models.cpu import group_norm as gn_lib
+from score_jax.models.cpu import sums as cpu_sums
 
 
 def _loss(norm, variables, x, w):
