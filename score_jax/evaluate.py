@@ -27,6 +27,7 @@ import numpy as np
 from score_jax import checkpoints, coordination, datasets, dequantization, experiment, images
 from score_jax import likelihood, parallel, plots, reporting, safe_files, sample_quality, sample_rounds
 from score_jax import workdir as workdir_lib
+from score_jax import workdir_lock
 from score_jax.errors import InvalidInputError, MissingFileError
 
 _LOSS_STREAM, _BPD_STREAM, _SAMPLE_STREAM = 0x1055, 0xB9D, 0x5A3C
@@ -279,6 +280,14 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     path = workdir_lib.resolve(workdir) if init_from_official else \
         workdir_lib.require_checkpoints(workdir)
     eval_dir = workdir_lib.prepare(path, barrier=coord.barrier) / eval_folder
+    with workdir_lock.claim(path, workdir_lib.role_name("eval", eval_folder), mode="eval"):
+        return _evaluate_into(ctx, path, eval_dir, init_from_official)
+
+
+def _evaluate_into(ctx: _Context, path: pathlib.Path, eval_dir: pathlib.Path,
+                   init_from_official: Optional[str]) -> dict[str, Any]:
+    """`evaluate` once the workdir is checked: results under eval_dir; returns the summary."""
+    config, exp, coord, reporter = ctx.config, ctx.exp, ctx.coord, ctx.reporter
     if parallel.is_main_process():
         eval_dir.mkdir(exist_ok=True)
     coord.barrier("eval_dir")

@@ -21,6 +21,7 @@ import numpy as np
 from score_jax import coordination, datasets, experiment, images, parallel, reporting, safe_files
 from score_jax import sample_quality
 from score_jax import workdir as workdir_lib
+from score_jax import workdir_lock
 from score_jax.errors import InvalidInputError
 from score_jax.metrics import fid
 
@@ -48,29 +49,30 @@ def fid_stats(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
                                   tfrecords_path=config.data.tfrecords_path or None)
     n_batches = datasets.num_eval_batches(len(source), batch_size)
     path = workdir_lib.prepare(workdir, barrier=coord.barrier) / "fid_stats"
-    if parallel.is_main_process():
-        path.mkdir(exist_ok=True)
-    coord.barrier("fid_stats_dir")
-    reporter = reporting.Reporter(enabled=parallel.is_main_process())
-    parts, masks = [], []
-    with reporter.progress(n_batches, desc=f"features ({split})", unit="batch") as bar:
-        for batch in experiment.eval_iterator(config, seed=0, dequantize=False, split=split):
-            feats, _ = features_fn(images.to_uint8(batch["image"]))
-            parts.append(feats)
-            masks.append(batch["mask"])
-            bar.update(1)
-    local = path / f"features_p{jax.process_index()}.npz"
-    np.savez(local, features=np.stack(parts), mask=np.stack(masks))
-    coord.barrier("fid_stats_features")
-    if not parallel.is_main_process():
-        return None
-    per_process = [safe_files.load_npz(path / f"features_p{p}.npz", "features")
-                   for p in range(jax.process_count())]
-    feats = np.concatenate([d["features"] for d in per_process], axis=1)  # [batches, B, D]
-    mask = np.concatenate([d["mask"] for d in per_process], axis=1).astype(bool)
-    out = sample_quality.stats_file(config)
-    stats = fid.save_reference_stats(out, feats[mask])
-    reporter.message(f"reference statistics of {stats.pool_3.shape[0]} {split} examples "
-                     f"({sample_quality.feature_net(config)} features, {stats.pool_3.shape[1]}-d) "
-                     f"-> {out}")
-    return str(pathlib.Path(out).absolute())
+    with workdir_lock.claim(path.parent, "fid_stats", mode="fid_stats"):
+        if parallel.is_main_process():
+            path.mkdir(exist_ok=True)
+        coord.barrier("fid_stats_dir")
+        reporter = reporting.Reporter(enabled=parallel.is_main_process())
+        parts, masks = [], []
+        with reporter.progress(n_batches, desc=f"features ({split})", unit="batch") as bar:
+            for batch in experiment.eval_iterator(config, seed=0, dequantize=False, split=split):
+                feats, _ = features_fn(images.to_uint8(batch["image"]))
+                parts.append(feats)
+                masks.append(batch["mask"])
+                bar.update(1)
+        local = path / f"features_p{jax.process_index()}.npz"
+        np.savez(local, features=np.stack(parts), mask=np.stack(masks))
+        coord.barrier("fid_stats_features")
+        if not parallel.is_main_process():
+            return None
+        per_process = [safe_files.load_npz(path / f"features_p{p}.npz", "features")
+                       for p in range(jax.process_count())]
+        feats = np.concatenate([d["features"] for d in per_process], axis=1)  # [batches, B, D]
+        mask = np.concatenate([d["mask"] for d in per_process], axis=1).astype(bool)
+        out = sample_quality.stats_file(config)
+        stats = fid.save_reference_stats(out, feats[mask])
+        reporter.message(f"reference statistics of {stats.pool_3.shape[0]} {split} examples "
+                         f"({sample_quality.feature_net(config)} features, {stats.pool_3.shape[1]}-d) "
+                         f"-> {out}")
+        return str(pathlib.Path(out).absolute())

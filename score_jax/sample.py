@@ -26,6 +26,7 @@ import numpy as np
 from score_jax import checkpoints, controllable, coordination, datasets, experiment, images
 from score_jax import parallel, reporting, safe_files, sample_rounds, sampling
 from score_jax import workdir as workdir_lib
+from score_jax import workdir_lock
 from score_jax.errors import InvalidInputError, MissingFileError
 
 TASKS = ("unconditional", "conditional", "inpaint", "colorize", "interpolate")
@@ -223,33 +224,35 @@ def sample(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     step, state = _restore(config, exp, path)
     params, model_state = parallel.to_host((state.params_ema, state.model_state))
     out_dir = workdir_lib.prepare(path, barrier=coord.barrier) / config.sample.folder / task
-    if parallel.is_main_process():
-        out_dir.mkdir(parents=True, exist_ok=True)
-    coord.barrier("sample_dir")
-    key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(int(config.seed)),
-                                                _SAMPLE_STREAM), step)
-    if task == "conditional":
-        return _conditional(config, exp, params, model_state, path, out_dir, key, coord, reporter)
-    if task == "unconditional":
-        draw = lambda k, n: experiment.get_sampler(  # noqa: E731
-            config, exp.sde, exp.sampling_eps, exp.model, n)(k, params, model_state)
-        drawn = sample_rounds.draw_rounds(draw, key, out_dir, total=int(config.sample.num),
-                                          per_round=int(config.sample.batch_size), coord=coord,
-                                          reporter=reporter, desc="samples")
-        if drawn is None:
+    with workdir_lock.claim(path, workdir_lib.role_name("sample", f"{config.sample.folder}/{task}"),
+                            mode="sample"):
+        if parallel.is_main_process():
+            out_dir.mkdir(parents=True, exist_ok=True)
+        coord.barrier("sample_dir")
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(int(config.seed)),
+                                                    _SAMPLE_STREAM), step)
+        if task == "conditional":
+            return _conditional(config, exp, params, model_state, path, out_dir, key, coord, reporter)
+        if task == "unconditional":
+            draw = lambda k, n: experiment.get_sampler(  # noqa: E731
+                config, exp.sde, exp.sampling_eps, exp.model, n)(k, params, model_state)
+            drawn = sample_rounds.draw_rounds(draw, key, out_dir, total=int(config.sample.num),
+                                              per_round=int(config.sample.batch_size), coord=coord,
+                                              reporter=reporter, desc="samples")
+            if drawn is None:
+                return None
+            png = images.save_samples(out_dir, "samples", drawn.samples.astype(np.float32) / 255.0)
+            reporter.message(f"{drawn.samples.shape[0]} samples of step {step} ({drawn.nfe} NFE each) "
+                             f"-> {png}")
+            return png
+        score_fn = experiment.get_score_fn(config, exp.sde, exp.model, params, model_state)
+        result = _batched(_task_fn(config, exp, score_fn), _inputs(config, exp.image_shape), key,
+                          out_dir, int(config.sample.batch_size), coord, reporter, task)
+        if result is None:
             return None
-        png = images.save_samples(out_dir, "samples", drawn.samples.astype(np.float32) / 255.0)
-        reporter.message(f"{drawn.samples.shape[0]} samples of step {step} ({drawn.nfe} NFE each) "
-                         f"-> {png}")
+        png = _write(out_dir, result, task)
+        reporter.message(f"{task}: {result['input'].shape[0]} inputs, checkpoint step {step} -> {png}")
         return png
-    score_fn = experiment.get_score_fn(config, exp.sde, exp.model, params, model_state)
-    result = _batched(_task_fn(config, exp, score_fn), _inputs(config, exp.image_shape), key,
-                      out_dir, int(config.sample.batch_size), coord, reporter, task)
-    if result is None:
-        return None
-    png = _write(out_dir, result, task)
-    reporter.message(f"{task}: {result['input'].shape[0]} inputs, checkpoint step {step} -> {png}")
-    return png
 
 
 def _batched(run, inputs: np.ndarray, key, out_dir: pathlib.Path, batch_size: int, coord,

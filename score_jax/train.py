@@ -28,6 +28,7 @@ from jax.sharding import PartitionSpec as P
 from score_jax import checkpoints, datasets, experiment, images, parallel, reporting
 from score_jax import sample_quality, train_state
 from score_jax import workdir as workdir_lib
+from score_jax import workdir_lock
 from score_jax.errors import InvalidInputError, NonFiniteError
 
 _SAMPLE_STREAM = 0x5A3B  # folded into the seed so snapshot samples never reuse a training key
@@ -289,6 +290,7 @@ def _train_in(config, exp, mesh, data, path, manager, init_from_official) -> _Lo
     with contextlib.ExitStack() as closing:  # each closer runs even when an earlier one raises
         closing.callback(data.close)
         closing.callback(manager.close)
+        closing.enter_context(workdir_lock.claim(path, "train", mode="train"))
         reporter = reporting.Reporter(path / "tensorboard", enabled=parallel.is_main_process())
         closing.callback(reporter.close)
         closing.callback(manager.wait_until_finished)

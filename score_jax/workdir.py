@@ -51,6 +51,11 @@ def prepare(workdir: str | os.PathLike,
     return path
 
 
+def role_name(kind: str, folder: str) -> str:
+    """The lock role of a mode writing `folder` of the workdir, e.g. ('eval', 'eval') -> 'eval-eval'."""
+    return f"{kind}-" + "".join(c if c.isalnum() or c in "-_." else "_" for c in folder)
+
+
 def require_checkpoints(workdir: str | os.PathLike) -> pathlib.Path:
     """The workdir of a training run; raises unless it holds a checkpoints/ directory."""
     path = resolve(workdir)

@@ -262,3 +262,29 @@ def test_full_or_read_only_disk_stops_in_one_line_and_resumes_bitwise(reference,
     assert step == 24
     _assert_same(params, ref_params)
     _assert_same(ema, ref_ema)
+
+
+def test_second_job_on_a_live_workdir_is_refused_and_a_killed_ones_lock_is_taken_over(reference):
+    _, _, env, root = reference
+    workdir = root / "locked"
+    first = subprocess.Popen(_cmd(workdir, ["--config.training.n_iters=100000"]), env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 180
+        while not (workdir / "checkpoints" / "3").is_dir() and time.time() < deadline:
+            time.sleep(0.1)
+        second = subprocess.run(_cmd(workdir), env=env, capture_output=True, text=True,
+                                timeout=240)
+        line = _one_error_line(second)
+        assert "in use (train)" in line and f"pid {first.pid}" in line
+        assert first.poll() is None  # the first job was not disturbed
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    # The killed job's lock stays behind but names a dead process: the rerun takes it over.
+    assert (workdir / ".locks" / "train.json").exists()
+    out = subprocess.run(_cmd(workdir), env=env, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"taking over the train lock of {workdir} from a job that is gone" in out.stdout
+    assert f"pid {first.pid}" in out.stdout
+    assert not (workdir / ".locks" / "train.json").exists()
