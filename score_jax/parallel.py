@@ -16,6 +16,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from score_jax.errors import InvalidInputError
 
 DATA_AXIS = "data"
+# Seconds without a heartbeat after which the job's coordination service declares a process dead
+# (JAX's default is 100). A killed process is seen at once (its connections reset); this bounds
+# the wait when a host vanishes without a word.
+HEARTBEAT_TIMEOUT_S = 45
 
 
 def initialize_distributed(coordinator_address: Optional[str], num_processes: Optional[int],
@@ -39,7 +43,8 @@ def initialize_distributed(coordinator_address: Optional[str], num_processes: Op
         raise InvalidInputError(f"process_id: expected 0 <= process_id < num_processes={num_processes}, "
                                 f"got {process_id}.")
     jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes, process_id=process_id)
+                               num_processes=num_processes, process_id=process_id,
+                               heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S)
 
 
 def make_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:

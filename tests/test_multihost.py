@@ -7,6 +7,7 @@ makes the other stop within seconds, naming it; the rerun resumes."""
 import hashlib
 import json
 import re
+import signal
 import subprocess
 import time
 
@@ -42,22 +43,44 @@ def _finish(procs, timeout=280) -> list[tuple[str, str]]:
     return outs
 
 
-def test_two_processes_train_agree_and_write_one_checkpoint_set(tmp_path):
-    env = main_env(tmp_path)
-    workdir = tmp_path / "work"
-    procs = _start([f"--workdir={workdir}", *TINY], env, 2)
-    outs = _finish(procs)
-    for p, (_, stderr) in zip(procs, outs):
-        assert p.returncode == 0, stderr[-4000:]
+# Checkpoints every 4 steps, all kept (multi-process saves synchronise the processes: few of them).
+TRAIN24 = [*TINY, "--config.training.n_iters=24", "--config.training.snapshot_freq=4",
+           "--config.training.snapshot_freq_for_preemption=4"]
+
+
+def _digests(outs) -> dict[int, tuple[int, str]]:
+    """{process: (final step, sha256 of its local parameters)} from the runs' last lines."""
     digests = {}
     for out, _ in outs:
         m = re.search(r"process (\d)/2: step (\d+), local params sha256 ([0-9a-f]{64})", out)
         assert m, out[-2000:]
         digests[int(m.group(1))] = (int(m.group(2)), m.group(3))
-    assert digests[0] == digests[1] and digests[0][0] == 4
-    # One set of checkpoints: steps 2 and 4, each complete, no per-process copies or leftovers.
+    return digests
+
+
+def _run_two(workdir, env) -> dict[int, tuple[int, str]]:
+    procs = _start([f"--workdir={workdir}", *TRAIN24], env, 2)
+    outs = _finish(procs)
+    for p, (_, stderr) in zip(procs, outs):
+        assert p.returncode == 0, stderr[-4000:]
+    return _digests(outs)
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+    """An uninterrupted two-process training run of 24 steps: (workdir, digests, env)."""
+    root = tmp_path_factory.mktemp("multihost_train")
+    env = main_env(root)
+    workdir = root / "reference"
+    return workdir, _run_two(workdir, env), env
+
+
+def test_two_processes_train_agree_and_write_one_checkpoint_set(two_process_run):
+    workdir, digests, _ = two_process_run
+    assert digests[0] == digests[1] and digests[0][0] == 24
+    # One set of checkpoints: every 4th step, each complete, no per-process copies or leftovers.
     entries = sorted(p.name for p in (workdir / "checkpoints").iterdir())
-    assert [e for e in entries if e.isdigit()] == ["2", "4"]
+    assert sorted(int(e) for e in entries if e.isdigit()) == list(range(4, 25, 4))
     assert not [e for e in entries if "tmp" in e]
     # Only process 0 writes logs.
     assert len(list((workdir / "tensorboard").glob("events.out.tfevents.*"))) == 1
@@ -65,12 +88,56 @@ def test_two_processes_train_agree_and_write_one_checkpoint_set(tmp_path):
     import jax
 
     from score_jax import checkpoints
-    manager = checkpoints.open_manager(workdir / "checkpoints", snapshot_every=2, read_only=True)
-    state, _ = checkpoints.restore_as_saved(manager, 4)
+    manager = checkpoints.open_manager(workdir / "checkpoints", snapshot_every=4, read_only=True)
+    state, _ = checkpoints.restore_as_saved(manager, 24)
     h = hashlib.sha256()
     for leaf in jax.tree_util.tree_leaves(state["params"]):
         h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
     assert h.hexdigest() == digests[0][1]
+
+
+def _wait_for(path, timeout=240):
+    deadline = time.time() + timeout
+    while not path.is_dir() and time.time() < deadline:
+        time.sleep(0.05)
+    assert path.is_dir(), f"{path} never appeared"
+
+
+def test_sigterm_to_every_process_saves_once_and_resumes_bitwise(two_process_run):
+    # A pod's preemption notice: SIGTERM to every process at once.
+    reference, digests, env = two_process_run
+    workdir = reference.parent / "preempted"
+    procs = _start([f"--workdir={workdir}", *TRAIN24], env, 2)
+    _wait_for(workdir / "checkpoints" / "4")
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    outs = _finish(procs)
+    for p, (_, stderr) in zip(procs, outs):
+        assert p.returncode == 0, stderr[-4000:]
+    step = _digests(outs)[0][0]
+    assert step < 24, "the run ended before the notice; nothing was tested"
+    assert f"preemption notice: checkpoint saved at step {step}" in outs[0][0]
+    from score_jax import checkpoints
+    assert checkpoints.snapshot_steps(workdir / "checkpoints")[-1] == step
+    assert _run_two(workdir, env) == digests
+
+
+def test_killed_coordinator_stops_the_other_in_one_line_and_rerun_resumes(two_process_run):
+    reference, digests, env = two_process_run
+    workdir = reference.parent / "coordinator_killed"
+    procs = _start([f"--workdir={workdir}", *TRAIN24], env, 2)
+    _wait_for(workdir / "checkpoints" / "8")
+    procs[0].kill()
+    killed_at = time.time()
+    try:
+        _, stderr = procs[1].communicate(timeout=60)
+    finally:
+        procs[0].communicate()
+    assert procs[1].returncode not in (0, None) and time.time() - killed_at < 60
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("error: process 1: process 0, the job's coordinator at 127.0.0.1:"), \
+        stderr[-3000:]
+    assert _run_two(workdir, env) == digests
 
 
 @pytest.fixture(scope="module")
