@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 from score_jax.errors import InvalidInputError, MissingDependencyError, MissingFileError
+from score_jax.record_check import CheckedSource
 from score_jax.source_cache import CachedSource
 
 NAMES = ("digits", "cifar10", "svhn_cropped", "celeba", "lsun/<category>", "ffhq", "celebahq")
@@ -257,13 +258,18 @@ class _TFRecordSource:
                 f"progressive_growing_of_gans dataset_tool.py (create_celebahq or "
                 f"create_from_images) "
                 f"and pass its path, e.g. .../ffhq-r10.tfrecords for 1024 x 1024.")
-        self._offsets = [(f, o, n) for f in self._files for o, n in record_offsets(f)]
+        self._offsets = [(f, o, n, k) for f in self._files
+                         for k, (o, n) in enumerate(record_offsets(f))]
 
     def __len__(self) -> int:
         return len(self._offsets)
 
+    def locate(self, i: int) -> tuple[str, int]:
+        """(file, position in it) of record i."""
+        return self._offsets[i][0], self._offsets[i][3]
+
     def __getitem__(self, i: int) -> dict:
-        path, offset, length = self._offsets[i]
+        path, offset, length, _ = self._offsets[i]
         with open(path, "rb") as f:
             f.seek(offset)
             proto = self._example.FromString(f.read(length))
@@ -312,12 +318,22 @@ def open_source(name: str, split: str = "train", data_dir: str | os.PathLike | N
         if not tfrecords_path:
             raise InvalidInputError(f"data set {name!r} needs tfrecords_path (the official TFRecords "
                                     f"file), got {tfrecords_path!r}.")
-        return _TFRecordSource(os.fspath(tfrecords_path))
+        return CheckedSource(_TFRecordSource(os.fspath(tfrecords_path)), name,
+                             "Copy or make the TFRecords file again.")
     if name == "digits":
         from score_jax import digits
 
-        return CachedSource(digits.prepare(_data_dir(data_dir)).as_data_source(split=split))
-    return CachedSource(_tfds_source(tfds_name, split, data_dir, download))
+        source = digits.prepare(_data_dir(data_dir)).as_data_source(split=split)
+    else:
+        source = _tfds_source(tfds_name, split, data_dir, download)
+    remedy = (f"Delete {os.fspath(source.dataset_info.data_dir)} and prepare it again"
+              + (" (score_jax does that for the digits by itself)." if name == "digits" else
+                 f": {_prepare_command(tfds_name, _data_dir(data_dir))}."))
+    cached = CachedSource(CheckedSource(source, f"{name} ({split})", remedy))
+    # A data set that fits the cache is decoded now, so a damaged record stops the run before it
+    # writes anything; the first epoch would decode it all anyway.
+    cached.fill()
+    return cached
 
 
 # ----------------------------------------------------------------------------- batches

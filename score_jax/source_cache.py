@@ -40,6 +40,12 @@ class CachedSource(Sequence):
     def __len__(self) -> int:
         return len(self.source)
 
+    def fill(self) -> None:
+        """Decode every example now if all of them fit the budget (judged by the first one)."""
+        if not len(self) or _freeze(self[0])[1] * len(self) > self.max_bytes:
+            return
+        self.__getitems__(range(len(self)))
+
     def _keep(self, index: int, example: Any) -> dict:
         if not isinstance(example, dict):
             return example
