@@ -197,9 +197,11 @@ def test_torch_view_outside_its_storage_is_refused(tmp_path, monkeypatch):
 
 def test_main_refuses_a_hostile_weights_file_in_one_line(tmp_path):
     marker = tmp_path / "ran"
-    weights = tmp_path / iw.PTH_NAME
+    odd = tmp_path / "a dir with 'quotes' and spaces"  # paths that need quoting in a shell
+    odd.mkdir()
+    weights = odd / iw.PTH_NAME
     weights.write_bytes(_p(payloads(marker)["os.system"]))
-    workdir = tmp_path / "work"
+    workdir = odd / "work dir"
     proc = subprocess.run(
         main_cmd("--workdir", str(workdir), "--mode", "fid_stats",
                  "--config.eval.sample_metrics=('fid',)",
@@ -317,3 +319,20 @@ def _read_bytes(tmp_path, data: bytes, read):
     path = tmp_path / "case"
     path.write_bytes(data)
     return read(path)
+
+
+def test_sample_inputs_of_mixed_shapes_or_no_arrays_are_one_line(tmp_path):
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(folder / "a.png")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / "b.png")
+    with pytest.raises(UserError, match="different shapes"):
+        sample.read_images(str(folder))
+    (folder / "b.png").write_bytes(b"not a png")
+    with pytest.raises(UserError, match="b.png"):
+        sample.read_images(str(folder))
+    empty = tmp_path / "empty.npz"
+    np.savez(empty)
+    config = ml_collections.ConfigDict({"sample": {"mask": str(empty), "mask_fraction": 0.5}})
+    with pytest.raises(UserError, match="holds no array"):
+        sample._mask(config, (1, 8, 8, 1), None)
