@@ -59,3 +59,17 @@ def add_classifier_section(config: ml_collections.ConfigDict, *, name: str, lr: 
     classifier.n_iters = n_iters
     classifier.ema_rate = ema_rate
     classifier.eps = eps
+
+
+def add_inception_weights_fields(evaluate: ml_collections.ConfigDict) -> None:
+    """Where the FID Inception weights come from (metrics fid, is, kid).
+
+    inception_weights: a local file (pytorch-fid's pt_inception-2015-12-05-6726825d.pth, the JAX
+    ports' pickle, or an .npz state dict); '' = pytorch-fid's release file, downloaded once from
+    inception_url into $SCORE_JAX_CACHE (default ~/.cache/score_jax) and used only if its
+    SHA-256 is inception_sha256.
+    """
+    evaluate.inception_weights = ''
+    evaluate.inception_url = ('https://github.com/mseitzer/pytorch-fid/releases/download/'
+                              'fid_weights/pt_inception-2015-12-05-6726825d.pth')
+    evaluate.inception_sha256 = '6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2'

@@ -70,12 +70,11 @@ def get_default_configs() -> ml_collections.ConfigDict:
     # ~30x more accurate) or 'rms' (the official RK45 semantics: 1.4-1.9x fewer evaluations).
     evaluate.bpd_error_control = 'per_part'
     # score_jax: sample quality (with enable_sampling), as the official evaluator: IS, FID, KID of
-    # the FID Inception, whose weights are a local file (pytorch-fid's
-    # pt_inception-2015-12-05-6726825d.pth or the JAX ports' pickle), against reference
+    # the FID Inception (weights: see default_additions.add_inception_weights_fields), against reference
     # statistics ('' = assets/stats/<name>_stats.npz, written by --mode fid_stats from
     # stats_split). num_seeds > 1 repeats the sampling with fresh seeds (EDM), reporting each.
     evaluate.sample_metrics = ('fid', 'is', 'kid')
-    evaluate.inception_weights = ''
+    default_additions.add_inception_weights_fields(evaluate)
     evaluate.stats_file = ''
     evaluate.stats_split = 'train'
     evaluate.num_seeds = 1

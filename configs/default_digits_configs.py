@@ -76,7 +76,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     # Frechet distance of its features to the train split's, its Inception-Score formula and the
     # class histogram. stats_file '' = computed from the train split on the fly.
     evaluate.sample_metrics = ('fd_digits', 'is_digits', 'class_histogram')
-    evaluate.inception_weights = ''
+    default_additions.add_inception_weights_fields(evaluate)
     evaluate.stats_file = ''
     evaluate.stats_split = 'train'
     evaluate.num_seeds = 1

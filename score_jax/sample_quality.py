@@ -72,8 +72,9 @@ def image_features(config: ml_collections.ConfigDict
         params = digits_net.load_params()
         return lambda x: tuple(digits_net.digits_outputs(x, params))
     from score_jax.metrics import inception, inception_weights
-    fn = inception.make_inception_fn(inception_weights.load_inception_params(
-        config.eval.inception_weights))
+    e = config.eval
+    path = inception_weights.weights_file(e.inception_weights, e.inception_url, e.inception_sha256)
+    fn = inception.make_inception_fn(inception_weights.load_inception_params(path))
     return lambda x: tuple(inception.inception_features(fn, x))
 
 

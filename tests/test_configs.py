@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from score_jax.metrics import inception_weights as iw
 from score_jax.models import registry
 
 CONFIG_ROOT = pathlib.Path(__file__).resolve().parents[1] / "configs"
@@ -29,7 +30,8 @@ ADDITIONS = {
     "model.ema_warmup": False, "data.data_dir": "", "data.download": False, "eval.bpd_num_repeats": 5,
     "sampling.ode_rtol": 1e-5, "sampling.ode_atol": 1e-5, "eval.bpd_rtol": 1e-5, "eval.bpd_atol": 1e-5,
     "eval.sample_metrics": ("fid", "is", "kid"), "training.snapshot_num_samples": 128,
-    "data.tfrecords_path": "", "eval.inception_weights": "", "eval.stats_file": "",
+    "data.tfrecords_path": "", "eval.inception_weights": "", "eval.inception_url": iw.PTH_URL,
+    "eval.inception_sha256": iw.PTH_SHA256, "eval.stats_file": "",
     "eval.stats_split": "train", "eval.num_seeds": 1, "sampling.nfe": 20, "sampling.order": 0,
     "sampling.dpm_method": "", "sampling.skip_type": "", "sampling.eta": 0.0, "sampling.s_churn": 0.0,
     "sampling.rel_tol": 0.0, "sampling.abs_tol": 0.0, "training.importance_weighting": False,

@@ -27,12 +27,16 @@ import jax
 import numpy as np
 
 from score_jax.errors import InvalidInputError, MissingFileError
+from score_jax.metrics import weights_cache
 from score_jax.safe_files import (BYTES_GLOBALS, DamagedFileError, RestrictedUnpickler,
                                   check_numeric_tree, load_npz, reading, require_file)
 
 PTH_NAME = "pt_inception-2015-12-05-6726825d.pth"
 PTH_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
            "pt_inception-2015-12-05-6726825d.pth")
+# SHA-256 of pytorch-fid's release file (95,628,359 bytes; its name carries the first 8 digits,
+# torch hub's convention).
+PTH_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
 PICKLE_NAME = "inception_v3_weights_fid.pickle"
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _WHAT = "FID Inception weights file"
@@ -322,11 +326,30 @@ def missing_weights_message(path: str) -> str:
     return (
         f"FID Inception weights not found at {path!r} (config field eval.inception_weights). "
         "score_jax computes FID/IS/KID with the 2015-12-05 Inception graph of TF-GAN and "
-        "pytorch-fid but ships no weights (95 MB) and downloads nothing. Accepted files: "
+        "pytorch-fid but ships no weights (95 MB); with eval.inception_weights empty it downloads "
+        "pytorch-fid's file once into the cache ($SCORE_JAX_CACHE or ~/.cache/score_jax). "
+        "Accepted files: "
         f"pytorch-fid's {PTH_NAME} (published at {PTH_URL}), the jax-fid / fidjax pickle "
         f"{PICKLE_NAME} (published by github.com/matthias-wright/jax-fid), or an .npz of the "
         "pytorch-fid state dict. Copy one onto this machine and set "
         "--config.eval.inception_weights=/path/to/file.")
+
+
+def weights_file(path: str, url: str, sha256: str) -> str:
+    """The weights file to read: `path` when given, else the cached copy of `url` (downloaded and
+    checked against `sha256` if needed).
+
+    Raises:
+      MissingFileError: no `path` and the download failed; one paragraph on where weights come from.
+      InvalidInputError: the download did not have the expected SHA-256 (it was deleted).
+    """
+    if path:
+        return path
+    try:
+        return os.fspath(weights_cache.fetch(url, sha256, PTH_NAME))
+    except weights_cache.DownloadError as e:
+        target = os.fspath(weights_cache.cache_dir() / PTH_NAME)
+        raise MissingFileError(f"{missing_weights_message(target)} Tried: {e}") from None
 
 
 def load_inception_params(path: str | os.PathLike) -> dict:
