@@ -73,9 +73,11 @@ def get_default_configs() -> ml_collections.ConfigDict:
     # 108 s, for 5.222 against 5.216 bits/dim (bench/quickstart.py).
     evaluate.bpd_error_control = 'rms'
     # Sample quality by the shipped digits classifier (not FID: no Inception offline): the
-    # Frechet distance of its features to the train split's, its Inception-Score formula and the
-    # class histogram. stats_file '' = computed from the train split on the fly.
-    evaluate.sample_metrics = ('fd_digits', 'is_digits', 'class_histogram')
+    # Frechet distance of its features to the train split's, its Inception-Score formula, improved
+    # precision and recall (k-NN manifolds of the same features: realistic strokes, classes
+    # covered) and the class histogram. stats_file '' = computed from the train split on the fly.
+    evaluate.sample_metrics = ('fd_digits', 'is_digits', 'precision_digits', 'recall_digits',
+                               'class_histogram')
     default_additions.add_inception_weights_fields(evaluate)
     evaluate.stats_file = ''
     evaluate.stats_split = 'train'

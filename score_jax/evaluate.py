@@ -195,7 +195,8 @@ def _write_summary(eval_dir: pathlib.Path) -> dict[str, Any]:
     return summary
 
 
-_PLOTTED = ("loss", "bpd", "fid", "fd_digits", "is", "is_digits", "kid")
+_PLOTTED = ("loss", "bpd", "fid", "fd_digits", "is", "is_digits", "kid", "precision", "recall",
+            "precision_digits", "recall_digits")
 
 
 def _plot_summary(path: pathlib.Path, summary: Mapping[str, Mapping[str, float]]) -> None:

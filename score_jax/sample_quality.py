@@ -1,12 +1,16 @@
 """Sample-quality scores of a config: which feature network, its reference statistics, the metrics.
 
 `eval.sample_metrics` names the metrics. Each belongs to one feature network:
-  - the FID Inception (weights from the local file `eval.inception_weights`): 'fid', 'is', 'kid',
-    against reference statistics in the official layout (`eval.stats_file`, default
-    `assets/stats/<name>_stats.npz`, written by `--mode fid_stats`);
-  - the shipped digits classifier (embedded data set only): 'fd_digits', 'is_digits' and
-    'class_histogram' (fraction of samples per class, 'class_0'..'class_9'), against the digits
-    train split. These are not FID/IS and compare with nothing published.
+  - the FID Inception (weights: `eval.inception_weights`, or pytorch-fid's file fetched into the
+    cache): 'fid', 'is', 'kid', 'precision', 'recall', against reference statistics in the
+    official layout (`eval.stats_file`, default `assets/stats/<name>_stats.npz`, written by
+    `--mode fid_stats`);
+  - the shipped digits classifier (embedded data set only): 'fd_digits', 'is_digits',
+    'precision_digits', 'recall_digits' and 'class_histogram' (fraction of samples per class,
+    'class_0'..'class_9'), against the digits train split. These are not FID/IS and compare with
+    nothing published.
+Precision and recall are Kynkäänniemi et al.'s k-NN manifold estimates (k = 3) against the
+reference features (`metrics/precision_recall.py`).
 Features are computed per sampling round (`features`), so evaluation never holds the images at the
 network's resolution; `scores` turns the features and logits of all rounds into the numbers.
 """
@@ -20,10 +24,15 @@ import ml_collections
 import numpy as np
 
 from score_jax.errors import InvalidInputError
-from score_jax.metrics import digits_net, fid
+from score_jax.metrics import digits_net, fid, precision_recall
 
 METRICS = {"fid": "inception", "is": "inception", "kid": "inception",
-           "fd_digits": "digits", "is_digits": "digits", "class_histogram": "digits"}
+           "precision": "inception", "recall": "inception",
+           "fd_digits": "digits", "is_digits": "digits", "class_histogram": "digits",
+           "precision_digits": "digits", "recall_digits": "digits"}
+# Real features that precision/recall compare with, at most (a random subset, seeded): the k-NN
+# radii cost O(N^2) distances.
+MAX_PR_REFERENCE = 10000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,10 +121,26 @@ def scores(scorer: Scorer, features: np.ndarray, logits: np.ndarray) -> dict[str
                                     "(pool_3) in eval.stats_file, which holds only their moments; "
                                     "rewrite it with --mode fid_stats.")
         out["kid"] = fid.kernel_inception_distance_blocks(features, scorer.reference.pool_3)
+    pr_names = {"precision", "recall", "precision_digits", "recall_digits"} & set(scorer.names)
+    if pr_names:
+        out.update(_precision_recall(scorer, features, pr_names))
     if "class_histogram" in scorer.names:
         counts = np.bincount(np.argmax(logits, axis=1), minlength=logits.shape[1])
         out.update({f"class_{c}": float(n / len(logits)) for c, n in enumerate(counts)})
     return out
+
+
+def _precision_recall(scorer: Scorer, features: np.ndarray, names: set[str]) -> dict[str, float]:
+    """Improved precision and recall (k = 3) of the samples' features against the reference's."""
+    real = scorer.reference.pool_3
+    if real is None:
+        raise InvalidInputError("eval.sample_metrics: precision/recall need the reference features "
+                                "(pool_3) in eval.stats_file, which holds only their moments; "
+                                "rewrite it with --mode fid_stats.")
+    if len(real) > MAX_PR_REFERENCE:
+        real = real[np.random.default_rng(0).choice(len(real), MAX_PR_REFERENCE, replace=False)]
+    p, r = precision_recall.precision_recall(real, features)
+    return {name: p if name.startswith("precision") else r for name in names}
 
 
 def score_samples(scorer: Scorer, samples: np.ndarray) -> dict[str, float]:

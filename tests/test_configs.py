@@ -62,7 +62,8 @@ ADDITION_EXCEPTIONS = {
     **{name: {"model.ema_warmup": True, "eval.bpd_num_repeats": 1, "sampling.ode_rtol": 1e-3,
               "sampling.ode_atol": 1e-3, "eval.bpd_rtol": 1e-3, "eval.bpd_atol": 1e-3,
               "training.snapshot_num_samples": 64,
-              "eval.sample_metrics": ("fd_digits", "is_digits", "class_histogram"),
+              "eval.sample_metrics": ("fd_digits", "is_digits", "precision_digits", "recall_digits",
+                                      "class_histogram"),
               "sample.num": 16, "sample.batch_size": 16, "classifier.name": "digits_noise_conditional",
               "classifier.lr": 2e-3, "classifier.n_iters": 1500, "classifier.ema_rate": 0.99,
               "classifier.eps": 1e-3, "sample.scale": 4.0, "eval.bpd_error_control": "rms"}

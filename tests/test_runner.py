@@ -93,6 +93,7 @@ def test_eval_writes_finite_bpd_loss_samples_and_summary(trained):
         # Sample quality by the digits classifier: a distance, a score in [1, 10], a histogram.
         assert entry["fd_digits"] > 0 and 1 <= entry["is_digits"] <= 10
         assert sum(entry[f"class_{c}"] for c in range(10)) == pytest.approx(1.0)
+        assert 0 <= entry["precision_digits"] <= 1 and 0 <= entry["recall_digits"] <= 1
         with np.load(workdir / "eval" / f"report_{label}.npz") as d:
             assert float(d["fd_digits"]) == entry["fd_digits"]
     assert Image.open(workdir / "eval" / "metrics.png").size[0] > 0
