@@ -64,4 +64,4 @@ def test_real_digits_score_high_and_noise_low_on_the_digits_features():
     noise = sample_quality.score_samples(scorer, np.random.default_rng(0).integers(
         0, 256, test_images.shape, dtype=np.uint8))
     assert real["precision_digits"] > 0.8 and real["recall_digits"] > 0.8
-    assert noise["precision_digits"] < 0.2
+    assert noise["precision_digits"] < 0.3 and noise["recall_digits"] < 0.3
