@@ -34,7 +34,7 @@ from score_jax.errors import InvalidInputError, MissingDependencyError, MissingF
 from score_jax.record_check import CheckedSource
 from score_jax.source_cache import CachedSource
 
-NAMES = ("digits", "folder", "cifar10", "svhn_cropped", "celeba", "lsun/<category>", "ffhq", "celebahq")
+NAMES = ("digits", "cifar10", "svhn_cropped", "celeba", "lsun/<category>", "ffhq", "celebahq", "folder")
 # The official config names (config.data.dataset) -> ours; LSUN also needs config.data.category.
 OFFICIAL_NAMES = {"CIFAR10": "cifar10", "SVHN": "svhn_cropped", "CELEBA": "celeba", "LSUN": "lsun",
                   "FFHQ": "ffhq", "CelebAHQ": "celebahq"}
