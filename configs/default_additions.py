@@ -61,6 +61,22 @@ def add_classifier_section(config: ml_collections.ConfigDict, *, name: str, lr: 
     classifier.eps = eps
 
 
+def add_folder_fields(data: ml_collections.ConfigDict) -> None:
+    """Training on your own images: data.dataset = 'folder' (score_jax/folder_data.py).
+
+    path: a folder of PNG / JPEG images (class subfolders, if any, are labels 0..K-1 in sorted
+    order; hidden files, Thumbs.db and desktop.ini are skipped, any other file is refused) or an
+    .npz of uint8 images [N, H, W, C] under 'images' (optional integer 'labels'). It is prepared
+    once into the tfds data dir (data.data_dir) and prepared again when a file changes. Images of
+    any size are resized (shorter side to data.image_size, then the centre square); all must be
+    grayscale (data.num_channels = 1) or all colour (3).
+    eval_fraction: the share of the images held out as the evaluation split, chosen by a
+    permutation with a fixed seed (0); 0 = evaluate on the training images.
+    """
+    data.path = ''
+    data.eval_fraction = 0.1
+
+
 def add_inception_weights_fields(evaluate: ml_collections.ConfigDict) -> None:
     """Where the FID Inception weights come from (metrics fid, is, kid).
 

@@ -97,6 +97,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
     data.download = False
     # score_jax: the TFRecords file (or glob) of FFHQ / CelebA-HQ ('' for tfds data sets).
     data.tfrecords_path = ''
+    # score_jax: data.dataset = 'folder' (your own images).
+    default_additions.add_folder_fields(data)
 
     # model
     config.model = model = ml_collections.ConfigDict()

@@ -34,7 +34,7 @@ from score_jax.errors import InvalidInputError, MissingDependencyError, MissingF
 from score_jax.record_check import CheckedSource
 from score_jax.source_cache import CachedSource
 
-NAMES = ("digits", "cifar10", "svhn_cropped", "celeba", "lsun/<category>", "ffhq", "celebahq")
+NAMES = ("digits", "cifar10", "svhn_cropped", "celeba", "lsun/<category>", "ffhq", "celebahq", "folder")
 # The official config names (config.data.dataset) -> ours; LSUN also needs config.data.category.
 OFFICIAL_NAMES = {"CIFAR10": "cifar10", "SVHN": "svhn_cropped", "CELEBA": "celeba", "LSUN": "lsun",
                   "FFHQ": "ffhq", "CelebAHQ": "celebahq"}
@@ -147,6 +147,14 @@ def _preprocess_lsun(image: np.ndarray, size: int) -> np.ndarray:
     return _to_float(crop_resize(image, size))
 
 
+def _preprocess_folder(image: np.ndarray, size: int) -> np.ndarray:
+    """Your own images: shorter side -> size (bilinear, antialiased), then the centre square.
+
+    Identity for images already size x size; images of any size and aspect may be mixed.
+    """
+    return central_crop(resize_small(_to_float(image), size), size)
+
+
 def _preprocess_tfrecord(image: np.ndarray, size: int) -> np.ndarray:
     """FFHQ / CelebA-HQ: stored at the training resolution; only scaled to [0, 1] (as official)."""
     if image.shape[0] != size or image.shape[1] != size:
@@ -168,6 +176,7 @@ class _Spec:
 
 _SPECS = {
     "digits": _Spec("digits", "train", "test", _preprocess_small),
+    "folder": _Spec("", "train", "eval", _preprocess_folder),  # score_jax.folder_data
     "cifar10": _Spec("cifar10", "train", "test", _preprocess_small),
     "svhn_cropped": _Spec("svhn_cropped", "train", "test", _preprocess_small),
     "celeba": _Spec("celeb_a", "train", "validation", _preprocess_celeba),
@@ -295,7 +304,8 @@ def record_offsets(path: str) -> list[tuple[int, int]]:
 
 
 def open_source(name: str, split: str = "train", data_dir: str | os.PathLike | None = None, *,
-                tfrecords_path: str | None = None, download: bool = False) -> Sequence[dict]:
+                tfrecords_path: str | None = None, download: bool = False,
+                path: str | None = None, eval_fraction: float | None = None) -> Sequence[dict]:
     """Random-access examples {'image': uint8 [H, W, C], 'label': int} of a data set split.
 
     tfds sources are wrapped in a `CachedSource`: each example is decoded once (up to 512 MB).
@@ -306,9 +316,12 @@ def open_source(name: str, split: str = "train", data_dir: str | os.PathLike | N
       data_dir: the tfds data dir; None means $TFDS_DATA_DIR or ~/tensorflow_datasets.
       tfrecords_path: the TFRecords file (or glob) of 'ffhq' / 'celebahq'.
       download: prepare a missing tfds data set (network access) instead of raising.
+      path: 'folder' only: the folder of PNG/JPEG images or the uint8 .npz (score_jax.folder_data),
+        prepared into data_dir on first use.
+      eval_fraction: 'folder' only: the share of the examples in split 'eval' (0: eval = train).
 
     Raises:
-      ValueError: unknown name or missing tfrecords_path.
+      ValueError: unknown name, missing tfrecords_path, unusable folder images (one line).
       DatasetNotPreparedError: the data are not on disk; the message says how to prepare them.
       MissingDependencyError: 'ffhq' / 'celebahq' without TensorFlow.
     """
@@ -320,6 +333,8 @@ def open_source(name: str, split: str = "train", data_dir: str | os.PathLike | N
                                     f"file), got {tfrecords_path!r}.")
         return CheckedSource(_TFRecordSource(os.fspath(tfrecords_path)), name,
                              "Copy or make the TFRecords file again.")
+    if name == "folder":
+        return _folder_source(path, split, data_dir, eval_fraction)
     if name == "digits":
         from score_jax import digits
 
@@ -333,6 +348,23 @@ def open_source(name: str, split: str = "train", data_dir: str | os.PathLike | N
     # A data set that fits the cache is decoded now, so a damaged record stops the run before it
     # writes anything; the first epoch would decode it all anyway.
     cached.fill()
+    return cached
+
+
+def _folder_source(path: str | None, split: str, data_dir: str | os.PathLike | None,
+                   eval_fraction: float | None) -> Sequence[dict]:
+    """A split of the images at `path` (see score_jax.folder_data), prepared once, decoded once."""
+    from score_jax import folder_data
+
+    if eval_fraction is None:
+        raise InvalidInputError("data set 'folder' needs eval_fraction (data.eval_fraction), "
+                                "got None.")
+    source, prepared = folder_data.open_split(path or "", split, _data_dir(data_dir),
+                                              eval_fraction)
+    remedy = (f"Delete {prepared}; score_jax prepares it again from {path!r} (or touch a file "
+              f"of the folder).")
+    cached = CachedSource(CheckedSource(source, f"folder ({split})", remedy))
+    cached.fill()  # as open_source: a damaged record stops the run before it writes anything
     return cached
 
 
@@ -531,13 +563,15 @@ def _process(process_index: int | None, process_count: int | None,
 
 
 def _pipeline(name: str, split: str, data_dir, image_size: int, seed: int, random_flip: bool,
-              uniform_dequantization: bool, tfrecords_path, download: bool) -> Pipeline:
+              uniform_dequantization: bool, tfrecords_path, download: bool, path,
+              eval_fraction) -> Pipeline:
     """Opens the source of a split and bundles it with the preprocessing options."""
     if not isinstance(image_size, int) or image_size <= 0:
         raise InvalidInputError(f"image_size must be a positive int, got {image_size!r}.")
     if not isinstance(seed, int) or seed < 0:
         raise InvalidInputError(f"seed must be an int >= 0, got {seed!r}.")
-    source = open_source(name, split, data_dir, tfrecords_path=tfrecords_path, download=download)
+    source = open_source(name, split, data_dir, tfrecords_path=tfrecords_path, download=download,
+                         path=path, eval_fraction=eval_fraction)
     if len(source) == 0:
         raise InvalidInputError(f"split {split!r} of data set {name!r} is empty.")
     return Pipeline(source, _spec(name)[0].preprocess, image_size, seed, random_flip,
@@ -549,15 +583,17 @@ def train_iterator(name: str, *, image_size: int, global_batch_size: int, seed: 
                    random_flip: bool = True, uniform_dequantization: bool = False,
                    process_index: int | None = None, process_count: int | None = None,
                    state: dict[str, Any] | None = None, prefetch: int = 0,
-                   tfrecords_path: str | None = None, download: bool = False) -> TrainIterator:
+                   tfrecords_path: str | None = None, download: bool = False,
+                   path: str | None = None, eval_fraction: float | None = None) -> TrainIterator:
     """Endless shuffled training batches of this process: image [B, S, S, C] in [0, 1], label, mask.
 
     B = global_batch_size // process_count; processes read disjoint parts of each global batch.
-    Pass a saved `state` (from `TrainIterator.get_state()`) to resume. Raises as `open_source`.
+    Pass a saved `state` (from `TrainIterator.get_state()`) to resume. Other arguments and errors
+    as `open_source`.
     """
     process_index, process_count = _process(process_index, process_count, global_batch_size)
     pipe = _pipeline(name, split, data_dir, image_size, seed, random_flip, uniform_dequantization,
-                     tfrecords_path, download)
+                     tfrecords_path, download, path, eval_fraction)
     it = TrainIterator(pipe, global_batch_size, process_index, process_count, name, prefetch)
     if state is not None:
         it.set_state(state)
@@ -568,8 +604,9 @@ def eval_iterator(name: str, *, image_size: int, global_batch_size: int,
                   data_dir: str | os.PathLike | None = None, split: str = "eval",
                   uniform_dequantization: bool = False, seed: int = 0,
                   process_index: int | None = None, process_count: int | None = None,
-                  tfrecords_path: str | None = None,
-                  download: bool = False) -> Iterator[dict[str, np.ndarray]]:
+                  tfrecords_path: str | None = None, download: bool = False,
+                  path: str | None = None,
+                  eval_fraction: float | None = None) -> Iterator[dict[str, np.ndarray]]:
     """One pass over a split in order, every example once: batches [B, S, S, C], 'mask' marks real.
 
     All processes yield `num_eval_batches(len(split), global_batch_size)` batches of shape B =
@@ -578,7 +615,7 @@ def eval_iterator(name: str, *, image_size: int, global_batch_size: int,
     """
     process_index, process_count = _process(process_index, process_count, global_batch_size)
     pipe = _pipeline(name, split, data_dir, image_size, seed, False, uniform_dequantization,
-                     tfrecords_path, download)
+                     tfrecords_path, download, path, eval_fraction)
     # A generator made after the checks, so that bad arguments raise here and not at first next().
     steps = range(num_eval_batches(len(pipe.source), global_batch_size))
     return (eval_batch(pipe, s, global_batch_size, process_index, process_count) for s in steps)

@@ -76,7 +76,7 @@ class Digits(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
 
 @contextlib.contextmanager
-def _file_lock(path: str) -> Iterator[None]:
+def file_lock(path: str) -> Iterator[None]:
     """Holds an exclusive advisory lock on `path` (created if missing) for the block."""
     with open(path, "a") as f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
@@ -97,7 +97,7 @@ def prepare(data_dir: str | os.PathLike) -> Digits:
     if builder.is_prepared():  # no lock needed to read, so a read-only data dir works
         return builder
     os.makedirs(data_dir, exist_ok=True)
-    with _file_lock(os.path.join(data_dir, "digits.lock")):
+    with file_lock(os.path.join(data_dir, "digits.lock")):
         # The builder is created under the lock so that it sees a build finished by another process.
         builder = Digits(data_dir=data_dir, file_format="array_record")
         if not builder.is_prepared():

@@ -65,9 +65,7 @@ class _Context:
 
 
 def _num_batches(config) -> int:
-    source = datasets.open_source(experiment.dataset_name(config), experiment.eval_split(config),
-                                  config.data.data_dir or None,
-                                  tfrecords_path=config.data.tfrecords_path or None)
+    source = experiment.open_source(config, experiment.eval_split(config))
     return datasets.num_eval_batches(len(source), int(config.eval.batch_size))
 
 

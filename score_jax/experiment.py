@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -268,10 +268,41 @@ def dataset_name(config: Config) -> str:
     return name
 
 
+def _open_kwargs(config: Config) -> dict[str, Any]:
+    """The keyword arguments of datasets.open_source that come from config.data."""
+    d = config.data
+    return dict(tfrecords_path=d.tfrecords_path or None, download=bool(d.download),
+                path=d.path or None, eval_fraction=float(d.eval_fraction))
+
+
 def _source_kwargs(config: Config) -> dict[str, Any]:
     d = config.data
-    return dict(image_size=d.image_size, data_dir=d.data_dir or None,
-                tfrecords_path=d.tfrecords_path or None, download=bool(d.download))
+    return dict(image_size=d.image_size, data_dir=d.data_dir or None, **_open_kwargs(config))
+
+
+def open_source(config: Config, split: str) -> Sequence[dict]:
+    """Random-access examples of a split ('train', 'eval', ...) of config's data set.
+
+    Raises as datasets.open_source; for a folder also when its channels are not
+    data.num_channels (before anything is written).
+    """
+    source = datasets.open_source(dataset_name(config), split, config.data.data_dir or None,
+                                  **_open_kwargs(config))
+    _check_channels(config, source)
+    return source
+
+
+def _check_channels(config: Config, source: Sequence[dict]) -> None:
+    """One line when a folder's images do not have data.num_channels channels."""
+    if dataset_name(config) != "folder" or not len(source):
+        return
+    channels = np.asarray(source[0]["image"]).shape[-1]
+    if channels != config.data.num_channels:
+        kind = "grayscale" if channels == 1 else "colour"
+        raise InvalidInputError(
+            f"data.num_channels is {config.data.num_channels} but the images of data.path "
+            f"{config.data.path!r} are {kind} ({channels} channel{'s' * (channels > 1)}); set "
+            f"--config.data.num_channels={channels}.")
 
 
 def eval_split(config: Config) -> str:
@@ -285,11 +316,13 @@ def eval_split(config: Config) -> str:
 def train_iterator(config: Config, *, prefetch: int = 2,
                    batch_size: Optional[int] = None) -> datasets.TrainIterator:
     """This process's endless training batches of config (seeded by config.seed, resumable)."""
-    return datasets.train_iterator(
+    data = datasets.train_iterator(
         dataset_name(config), global_batch_size=batch_size or config.training.batch_size,
         seed=int(config.seed), random_flip=config.data.random_flip,
         uniform_dequantization=config.data.uniform_dequantization, prefetch=prefetch,
         **_source_kwargs(config))
+    _check_channels(config, data.pipeline.source)
+    return data
 
 
 def eval_iterator(config: Config, *, seed: int, dequantize: bool, split: Optional[str] = None,

@@ -44,9 +44,7 @@ def fid_stats(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     features_fn = sample_quality.image_features(config)
     batch_size = int(config.eval.batch_size)
     split = _split(config)
-    source = datasets.open_source(experiment.dataset_name(config), split,
-                                  config.data.data_dir or None,
-                                  tfrecords_path=config.data.tfrecords_path or None)
+    source = experiment.open_source(config, split)
     n_batches = datasets.num_eval_batches(len(source), batch_size)
     path = workdir_lib.prepare(workdir, barrier=coord.barrier) / "fid_stats"
     with workdir_lock.claim(path.parent, "fid_stats", mode="fid_stats"):

@@ -47,10 +47,17 @@ class Scorer:
 
 
 def stats_name(config: ml_collections.ConfigDict) -> str:
-    """The official stats file name of the data set: 'cifar10', 'lsun_<category>_<size>', ..."""
+    """The official stats file name of the data set: 'cifar10', 'lsun_<category>_<size>', ...
+
+    A folder's is 'folder_<key>_<size>', the key hashing its contents and data.eval_fraction.
+    """
     d = config.data
     if d.dataset == "LSUN":
         return f"lsun_{d.category}_{d.image_size}"
+    if d.dataset == "folder":  # one file per folder contents, split and resolution
+        from score_jax import folder_data
+
+        return f"{folder_data.stats_key(d.path, float(d.eval_fraction))}_{d.image_size}"
     return str(d.dataset).lower()
 
 

@@ -30,7 +30,8 @@ ADDITIONS = {
     "model.ema_warmup": False, "data.data_dir": "", "data.download": False, "eval.bpd_num_repeats": 5,
     "sampling.ode_rtol": 1e-5, "sampling.ode_atol": 1e-5, "eval.bpd_rtol": 1e-5, "eval.bpd_atol": 1e-5,
     "eval.sample_metrics": ("fid", "is", "kid"), "training.snapshot_num_samples": 128,
-    "data.tfrecords_path": "", "eval.inception_weights": "", "eval.inception_url": iw.PTH_URL,
+    "data.tfrecords_path": "", "data.path": "", "data.eval_fraction": 0.1, "eval.inception_weights": "",
+    "eval.inception_url": iw.PTH_URL,
     "eval.inception_sha256": iw.PTH_SHA256, "eval.stats_file": "",
     "eval.stats_split": "train", "eval.num_seeds": 1, "sampling.nfe": 20, "sampling.order": 0,
     "sampling.dpm_method": "", "sampling.skip_type": "", "sampling.eta": 0.0, "sampling.s_churn": 0.0,
@@ -150,11 +151,12 @@ def get(config: ml_collections.ConfigDict, dotted: str):
 
 
 def test_all_official_configs_present():
-    # The complete list of the official score_sde configs (39 files) plus 3 digits configs.
-    assert len(CONFIGS) == 42, CONFIGS
+    # The complete list of the official score_sde configs (39 files) plus 3 digits configs and
+    # the folder config.
+    assert len(CONFIGS) == 43, CONFIGS
     assert {"ve/ncsn/celeba_5", "ve/ncsnv2/bedroom", "vp/ddpm/church", "subvp/cifar10_ddpm_continuous",
             "vp/digits_ddpmpp_continuous", "ve/digits_ncsnpp_continuous",
-            "subvp/digits_ddpmpp_continuous"} <= set(CONFIGS)
+            "subvp/digits_ddpmpp_continuous", "vp/folder_ddpmpp_continuous"} <= set(CONFIGS)
 
 
 @pytest.mark.parametrize("name", CONFIGS)
