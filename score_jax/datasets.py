@@ -24,14 +24,13 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import functools
-import glob
 import os
-import struct
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
-from score_jax.errors import InvalidInputError, MissingDependencyError, MissingFileError
+from score_jax.errors import DatasetNotPreparedError, InvalidInputError
 from score_jax.record_check import CheckedSource
+from score_jax.tfrecords import TFRecordSource, record_offsets  # noqa: F401 - record_offsets: API
 from score_jax.source_cache import CachedSource
 
 NAMES = ("digits", "cifar10", "svhn_cropped", "celeba", "lsun/<category>", "ffhq", "celebahq", "folder")
@@ -39,10 +38,6 @@ NAMES = ("digits", "cifar10", "svhn_cropped", "celeba", "lsun/<category>", "ffhq
 OFFICIAL_NAMES = {"CIFAR10": "cifar10", "SVHN": "svhn_cropped", "CELEBA": "celeba", "LSUN": "lsun",
                   "FFHQ": "ffhq", "CelebAHQ": "celebahq"}
 _CONVERT = np.float32(1.0 / 255.0)  # tf.image.convert_image_dtype multiplies by this, not / 255
-
-
-class DatasetNotPreparedError(MissingFileError):
-    """A data set is not on disk in a readable form; the message says how to prepare it."""
 
 
 def get_data_scaler(centered: bool) -> Callable[[Any], Any]:
@@ -248,61 +243,6 @@ def _tfds_source(tfds_name: str, split: str, data_dir: str | os.PathLike | None,
     return tfds.data_source(tfds_name, split=split, data_dir=data_dir, download=False)
 
 
-class _TFRecordSource:
-    """Random access to the official FFHQ / CelebA-HQ TFRecords {'shape': [3], 'data': CHW bytes}."""
-
-    def __init__(self, pattern: str):
-        try:
-            import tensorflow as tf  # parses tf.train.Example protos
-        except ImportError as e:
-            raise MissingDependencyError(
-                "Reading the FFHQ / CelebA-HQ TFRecords needs TensorFlow, an optional extra of "
-                "score_jax that is not installed: run `pip install tensorflow-cpu` (or "
-                "`pip install tensorflow`). No other data set needs it.") from e
-        self._example = tf.train.Example
-        self._files = sorted(glob.glob(pattern))
-        if not self._files:
-            raise DatasetNotPreparedError(
-                f"No TFRecords file matches tfrecords_path {pattern!r}. Make one with the "
-                f"progressive_growing_of_gans dataset_tool.py (create_celebahq or "
-                f"create_from_images) "
-                f"and pass its path, e.g. .../ffhq-r10.tfrecords for 1024 x 1024.")
-        self._offsets = [(f, o, n, k) for f in self._files
-                         for k, (o, n) in enumerate(record_offsets(f))]
-
-    def __len__(self) -> int:
-        return len(self._offsets)
-
-    def locate(self, i: int) -> tuple[str, int]:
-        """(file, position in it) of record i."""
-        return self._offsets[i][0], self._offsets[i][3]
-
-    def __getitem__(self, i: int) -> dict:
-        path, offset, length, _ = self._offsets[i]
-        with open(path, "rb") as f:
-            f.seek(offset)
-            proto = self._example.FromString(f.read(length))
-        feature = proto.features.feature
-        shape = list(feature["shape"].int64_list.value)
-        data = np.frombuffer(feature["data"].bytes_list.value[0], np.uint8).reshape(shape)
-        return {"image": data.transpose(1, 2, 0), "label": 0}
-
-
-def record_offsets(path: str) -> list[tuple[int, int]]:
-    """(payload offset, length) of each record of a TFRecord file, read from its length headers."""
-    out, offset, size = [], 0, os.path.getsize(path)
-    with open(path, "rb") as f:
-        while offset < size:
-            f.seek(offset)
-            (length,) = struct.unpack("<Q", f.read(8))  # then a 4-byte CRC of the length
-            out.append((offset + 12, length))
-            offset += 12 + length + 4  # payload and its 4-byte CRC
-    if offset != size:
-        raise InvalidInputError(f"{path!r} is not a complete TFRecord file (size {size}, parsed "
-                                f"{offset}).")
-    return out
-
-
 def open_source(name: str, split: str = "train", data_dir: str | os.PathLike | None = None, *,
                 tfrecords_path: str | None = None, download: bool = False,
                 path: str | None = None, eval_fraction: float | None = None) -> Sequence[dict]:
@@ -331,40 +271,32 @@ def open_source(name: str, split: str = "train", data_dir: str | os.PathLike | N
         if not tfrecords_path:
             raise InvalidInputError(f"data set {name!r} needs tfrecords_path (the official TFRecords "
                                     f"file), got {tfrecords_path!r}.")
-        return CheckedSource(_TFRecordSource(os.fspath(tfrecords_path)), name,
+        return CheckedSource(TFRecordSource(os.fspath(tfrecords_path)), name,
                              "Copy or make the TFRecords file again.")
     if name == "folder":
-        return _folder_source(path, split, data_dir, eval_fraction)
-    if name == "digits":
+        from score_jax import folder_data
+
+        if eval_fraction is None:
+            raise InvalidInputError("data set 'folder' needs eval_fraction (data.eval_fraction), "
+                                    "got None.")
+        source, prepared = folder_data.open_split(path or "", split, _data_dir(data_dir),
+                                                  eval_fraction)
+        remedy = (f"Delete {prepared}; score_jax prepares it again from {path!r} (or touch a "
+                  f"file of the folder).")
+    elif name == "digits":
         from score_jax import digits
 
         source = digits.prepare(_data_dir(data_dir)).as_data_source(split=split)
+        remedy = (f"Delete {os.fspath(source.dataset_info.data_dir)}; score_jax prepares the "
+                  f"digits again by itself.")
     else:
         source = _tfds_source(tfds_name, split, data_dir, download)
-    remedy = (f"Delete {os.fspath(source.dataset_info.data_dir)} and prepare it again"
-              + (" (score_jax does that for the digits by itself)." if name == "digits" else
-                 f": {_prepare_command(tfds_name, _data_dir(data_dir))}."))
+        remedy = (f"Delete {os.fspath(source.dataset_info.data_dir)} and prepare it again: "
+                  f"{_prepare_command(tfds_name, _data_dir(data_dir))}.")
     cached = CachedSource(CheckedSource(source, f"{name} ({split})", remedy))
     # A data set that fits the cache is decoded now, so a damaged record stops the run before it
     # writes anything; the first epoch would decode it all anyway.
     cached.fill()
-    return cached
-
-
-def _folder_source(path: str | None, split: str, data_dir: str | os.PathLike | None,
-                   eval_fraction: float | None) -> Sequence[dict]:
-    """A split of the images at `path` (see score_jax.folder_data), prepared once, decoded once."""
-    from score_jax import folder_data
-
-    if eval_fraction is None:
-        raise InvalidInputError("data set 'folder' needs eval_fraction (data.eval_fraction), "
-                                "got None.")
-    source, prepared = folder_data.open_split(path or "", split, _data_dir(data_dir),
-                                              eval_fraction)
-    remedy = (f"Delete {prepared}; score_jax prepares it again from {path!r} (or touch a file "
-              f"of the folder).")
-    cached = CachedSource(CheckedSource(source, f"folder ({split})", remedy))
-    cached.fill()  # as open_source: a damaged record stops the run before it writes anything
     return cached
 
 

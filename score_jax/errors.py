@@ -34,3 +34,7 @@ class SolverError(UserError, RuntimeError):
 
 class NonFiniteError(UserError, RuntimeError):
     """A loss, gradient or sample became NaN or infinite."""
+
+
+class DatasetNotPreparedError(MissingFileError):
+    """A data set is not on disk in a readable form; the message says how to prepare it."""
