@@ -6,14 +6,16 @@ makes the other stop within seconds, naming it; the rerun resumes."""
 
 import hashlib
 import json
+import pathlib
 import re
+import shutil
 import subprocess
 import time
 
 import numpy as np
 import pytest
 
-from conftest import TINY_MODEL, free_port, main_cmd, main_env, run_main
+from conftest import TINY_MODEL, free_port, main_cmd, main_env, run_main, shared_build
 
 TINY = [*TINY_MODEL, "--config.training.n_iters=4", "--config.training.snapshot_freq=2",
         "--config.training.snapshot_freq_for_preemption=2", "--config.training.log_freq=2",
@@ -73,14 +75,21 @@ def test_two_processes_train_agree_and_write_one_checkpoint_set(tmp_path):
     assert h.hexdigest() == digests[0][1]
 
 
+def _train(directory: pathlib.Path) -> None:
+    out = run_main([f"--workdir={directory / 'work'}", *TINY], main_env(directory))
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A workdir with checkpoints at steps 2 and 4 (one process), and its environment."""
+    """A workdir with checkpoints at steps 2 and 4 (one process), and its environment.
+
+    Trained once per test run (shared_build) and copied, so that the tests below can run on both
+    workers, each writing its own evaluation folders.
+    """
     root = tmp_path_factory.mktemp("multihost_eval")
-    env, workdir = main_env(root), root / "work"
-    out = run_main([f"--workdir={workdir}", *TINY], env)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return workdir, env
+    shutil.copytree(shared_build("multihost_trained", _train) / "work", root / "work")
+    return root / "work", main_env(root)
 
 
 def _results(workdir, folder) -> dict:

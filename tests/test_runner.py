@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import pathlib
+import shutil
 import struct
 import subprocess
 
@@ -18,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TINY_MODEL, main_cmd, main_env, run_main
+from conftest import TINY_MODEL, main_cmd, main_env, run_main, shared_build
 
 TINY = [*TINY_MODEL, "--config.training.n_iters=8", "--config.training.snapshot_freq=4",
         "--config.training.snapshot_freq_for_preemption=2", "--config.training.log_freq=2",
@@ -45,16 +46,23 @@ def _snapshot_files(directory: pathlib.Path) -> dict[str, str]:
             for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
+def _train_then_eval(directory: pathlib.Path) -> None:
+    env = _env(directory)
+    for mode in ("train", "eval"):
+        out = _main([f"--workdir={directory / 'work'}", f"--mode={mode}", *TINY], env)
+        assert out.returncode == 0, out.stderr[-4000:]
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """(workdir, env) after `main.py --mode train` then `--mode eval` on a tiny config."""
+    """(workdir, env, root) after `main.py --mode train` then `--mode eval` on a tiny config.
+
+    Trained once per test run (shared_build) and copied, so that this file's tests can run on
+    both workers and each may write into its workdir.
+    """
     root = tmp_path_factory.mktemp("runner")
-    env, workdir = _env(root), root / "work"
-    out = _main([f"--workdir={workdir}", *TINY], env)
-    assert out.returncode == 0, out.stderr[-4000:]
-    out = _main([f"--workdir={workdir}", "--mode=eval", *TINY], env)
-    assert out.returncode == 0, out.stderr[-4000:]
-    return workdir, env, root
+    shutil.copytree(shared_build("runner_trained", _train_then_eval) / "work", root / "work")
+    return root / "work", _env(root), root
 
 
 def test_train_writes_checkpoints_events_and_grids(trained):
