@@ -140,3 +140,41 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
+
+# ------------------------------------------------------------------ scheduling on xdist workers
+
+# `bash run.sh tests` runs pytest-xdist with --dist loadgroup: a work unit is a module (so that a
+# module's fixtures are made on one worker only), a test of a SPLIT_MODULES file (its shared state
+# comes from shared_build), or the tests of one xdist_group mark. Units start slowest first, so
+# that the suite does not end on one worker running a minutes-long test while the other is idle.
+SPLIT_MODULES = ("test_runner.py", "test_multihost.py", "test_checkpoints.py")
+# Seconds of the slowest units on a quiet 2-core machine (--durations, setup included); the
+# order only needs to be roughly right. A test not listed here counts as fast.
+SLOWEST = {
+    "test_runner.py::test_train_classifier_then_conditional_samples": 300,
+    "test_parallel.py": 210,
+    "test_checkpoints.py::test_sigkill_at_random_points_then_resume_is_bitwise_identical": 180,
+    "test_multihost.py::test_two_process_eval_equals_one_process": 150,
+    "test_multihost.py::test_two_processes_train_agree_and_write_one_checkpoint_set": 140,
+    "test_multihost.py::test_two_process_fid_stats_and_samples_equal_one_process": 140,
+    "test_checkpoints.py::test_truncated_latest_checkpoint_uses_previous": 100,
+    "test_multihost.py::test_killed_process_stops_the_other_and_rerun_resumes": 90,
+}
+
+
+def _unit(item) -> str:
+    """The xdist work unit of a test, as a key of SLOWEST: 'file.py' or 'file.py::test[id]'."""
+    module, _, test = item.nodeid.partition("::")
+    name = pathlib.Path(module).name
+    return f"{name}::{test}" if name in SPLIT_MODULES else name
+
+
+def pytest_collection_modifyitems(config, items):
+    grouped = config.getoption("dist", "no") == "loadgroup"
+    first_index: dict[str, int] = {}
+    for i, item in enumerate(items):
+        unit = _unit(item)
+        first_index.setdefault(unit, i)
+        if grouped and not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(unit))
+    items.sort(key=lambda item: (-SLOWEST.get(_unit(item), 0), first_index[_unit(item)]))
