@@ -144,9 +144,11 @@ def free_port() -> int:
 # ------------------------------------------------------------------ scheduling on xdist workers
 
 # `bash run.sh tests` runs pytest-xdist with --dist loadgroup: a work unit is a module (so that a
-# module's fixtures are made on one worker only), a test of a SPLIT_MODULES file (its shared state
-# comes from shared_build), or the tests of one xdist_group mark. Units start slowest first, so
-# that the suite does not end on one worker running a minutes-long test while the other is idle.
+# module's fixtures are made on one worker only) or one test of SPLIT_MODULES. (With the xdist
+# 3.8 installed here the marks did not group the tests: every test ran as its own unit. Tests that
+# share an expensive result therefore get it from shared_build, which makes it once per run.)
+# Units start slowest first, so that the suite does not end on one worker running a minutes-long
+# test while the other is idle.
 SPLIT_MODULES = ("test_runner.py", "test_multihost.py", "test_checkpoints.py")
 # Seconds of the slowest units (--durations, setup included) in a run with --dist load on a
 # 2-core machine loaded about 4x by other work; the order only needs to be roughly right. A test
@@ -175,12 +177,18 @@ def _unit(item) -> str:
     return f"{name}::{test}" if name in SPLIT_MODULES else name
 
 
+def pytest_itemcollected(item):
+    # During collection, so that the mark is there when xdist's pytest_collection_modifyitems
+    # turns xdist_group marks into work units. xdist workers see --dist as "no" and keep
+    # "loadgroup" apart.
+    config = item.config
+    if ((config.getoption("loadgroup", False) or config.getoption("dist", "no") == "loadgroup")
+            and not item.get_closest_marker("xdist_group")):
+        item.add_marker(pytest.mark.xdist_group(_unit(item)))
+
+
 def pytest_collection_modifyitems(config, items):
-    grouped = config.getoption("dist", "no") == "loadgroup"
     first_index: dict[str, int] = {}
     for i, item in enumerate(items):
-        unit = _unit(item)
-        first_index.setdefault(unit, i)
-        if grouped and not item.get_closest_marker("xdist_group"):
-            item.add_marker(pytest.mark.xdist_group(unit))
+        first_index.setdefault(_unit(item), i)
     items.sort(key=lambda item: (-SLOWEST.get(_unit(item), 0), first_index[_unit(item)]))
