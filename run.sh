@@ -27,6 +27,7 @@ if [ "${1:-}" = "tests" ]; then
   shift
   # Two workers: the suite is mostly single-threaded XLA compilation, so 2 cores halve its time.
   # The 15 slowest tests are listed at the end, to keep an eye on the suite's time.
-  exec "$VENV/bin/python" -m pytest -q -n "${SCORE_JAX_TEST_WORKERS:-2}" --durations=15 tests "$@"
+  exec "$VENV/bin/python" -m pytest -q -n "${SCORE_JAX_TEST_WORKERS:-2}" --dist loadgroup --durations=15 \
+    tests "$@"
 fi
 exec "$VENV/bin/python" "$@"

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import TINY_MODEL, main_cmd, main_env
+from conftest import TINY_MODEL, main_cmd, main_env, shared_build
 from score_jax import checkpoints
 
 TINY = [*TINY_MODEL, "--config.training.n_iters=24", "--config.training.snapshot_freq=12",
@@ -120,16 +120,21 @@ def test_half_written_and_failed_saves_keep_complete_ones(tmp_path):
 # --------------------------------------------------------------------------- subprocesses
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """An uninterrupted tiny run: (workdir, wall seconds, env)."""
-    root = tmp_path_factory.mktemp("ckpt_runs")
-    env = _env(root)
-    workdir = root / "reference"
+def _reference_run(directory: pathlib.Path) -> None:
     t0 = time.perf_counter()
-    out = subprocess.run(_cmd(workdir), env=env, capture_output=True, text=True, timeout=240)
+    out = subprocess.run(_cmd(directory / "reference"), env=_env(directory), capture_output=True,
+                         text=True, timeout=240)
     assert out.returncode == 0, out.stderr[-3000:]
-    return workdir, time.perf_counter() - t0, env, root
+    (directory / "seconds").write_text(repr(time.perf_counter() - t0))
+
+
+@pytest.fixture
+def reference(tmp_path):
+    """An uninterrupted tiny run, made once per test run (shared_build; read only):
+    (its workdir, its wall seconds, env, a directory for this test's runs)."""
+    shared = shared_build("checkpoints_reference", _reference_run)
+    seconds = float((shared / "seconds").read_text())
+    return shared / "reference", seconds, _env(tmp_path), tmp_path
 
 
 def test_sigkill_at_random_points_then_resume_is_bitwise_identical(reference):

@@ -6,7 +6,9 @@ makes the other stop within seconds, naming it; the rerun resumes."""
 
 import hashlib
 import json
+import pathlib
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -14,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import TINY_MODEL, free_port, main_cmd, main_env, run_main
+from conftest import TINY_MODEL, free_port, main_cmd, main_env, run_main, shared_build
 
 TINY = [*TINY_MODEL, "--config.training.n_iters=4", "--config.training.snapshot_freq=2",
         "--config.training.snapshot_freq_for_preemption=2", "--config.training.log_freq=2",
@@ -66,17 +68,22 @@ def _run_two(workdir, env) -> dict[int, tuple[int, str]]:
     return _digests(outs)
 
 
-@pytest.fixture(scope="module")
-def two_process_run(tmp_path_factory):
-    """An uninterrupted two-process training run of 24 steps: (workdir, digests, env)."""
-    root = tmp_path_factory.mktemp("multihost_train")
-    env = main_env(root)
-    workdir = root / "reference"
-    return workdir, _run_two(workdir, env), env
+def _train_two(directory: pathlib.Path) -> None:
+    digests = _run_two(directory / "work", main_env(directory))
+    (directory / "digests.json").write_text(json.dumps(digests))
+
+
+@pytest.fixture
+def two_process_run(tmp_path):
+    """An uninterrupted two-process training run of 24 steps, made once per test run:
+    (its workdir, {process: (step, params digest)}, an environment, a scratch directory)."""
+    built = shared_build("multihost_two_process", _train_two)
+    digests = {int(p): tuple(v) for p, v in json.loads((built / "digests.json").read_text()).items()}
+    return built / "work", digests, main_env(tmp_path), tmp_path
 
 
 def test_two_processes_train_agree_and_write_one_checkpoint_set(two_process_run):
-    workdir, digests, _ = two_process_run
+    workdir, digests, _, _ = two_process_run
     assert digests[0] == digests[1] and digests[0][0] == 24
     # One set of checkpoints: every 4th step, each complete, no per-process copies or leftovers.
     entries = sorted(p.name for p in (workdir / "checkpoints").iterdir())
@@ -105,8 +112,8 @@ def _wait_for(path, timeout=240):
 
 def test_sigterm_to_every_process_saves_once_and_resumes_bitwise(two_process_run):
     # A pod's preemption notice: SIGTERM to every process at once.
-    reference, digests, env = two_process_run
-    workdir = reference.parent / "preempted"
+    _, digests, env, scratch = two_process_run
+    workdir = scratch / "preempted"
     procs = _start([f"--workdir={workdir}", *TRAIN24], env, 2)
     _wait_for(workdir / "checkpoints" / "4")
     for p in procs:
@@ -123,8 +130,8 @@ def test_sigterm_to_every_process_saves_once_and_resumes_bitwise(two_process_run
 
 
 def test_killed_coordinator_stops_the_other_in_one_line_and_rerun_resumes(two_process_run):
-    reference, digests, env = two_process_run
-    workdir = reference.parent / "coordinator_killed"
+    _, digests, env, scratch = two_process_run
+    workdir = scratch / "coordinator_killed"
     procs = _start([f"--workdir={workdir}", *TRAIN24], env, 2)
     _wait_for(workdir / "checkpoints" / "8")
     procs[0].kill()
@@ -140,14 +147,21 @@ def test_killed_coordinator_stops_the_other_in_one_line_and_rerun_resumes(two_pr
     assert _run_two(workdir, env) == digests
 
 
+def _train(directory: pathlib.Path) -> None:
+    out = run_main([f"--workdir={directory / 'work'}", *TINY], main_env(directory))
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A workdir with checkpoints at steps 2 and 4 (one process), and its environment."""
+    """A workdir with checkpoints at steps 2 and 4 (one process), and its environment.
+
+    Trained once per test run (shared_build) and copied, so that the tests below can run on both
+    workers, each writing its own evaluation folders.
+    """
     root = tmp_path_factory.mktemp("multihost_eval")
-    env, workdir = main_env(root), root / "work"
-    out = run_main([f"--workdir={workdir}", *TINY], env)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return workdir, env
+    shutil.copytree(shared_build("multihost_trained", _train) / "work", root / "work")
+    return root / "work", main_env(root)
 
 
 def _results(workdir, folder) -> dict:

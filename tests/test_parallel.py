@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import subprocess_xla_flags
+from conftest import shared_build, subprocess_xla_flags
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -68,9 +68,7 @@ json.dump(out, open(sys.argv[1], "w"))
 """
 
 
-@pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    root = tmp_path_factory.mktemp("parallel")
+def _run_script(root: pathlib.Path) -> None:
     env = dict(os.environ, XLA_FLAGS=subprocess_xla_flags("--xla_force_host_platform_device_count=8"),
                JAX_PLATFORMS="cpu", TFDS_DATA_DIR=str(root / "tfds"),
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -79,7 +77,12 @@ def results(tmp_path_factory):
     out = subprocess.run([sys.executable, "-c", SCRIPT, str(root / "out.json")], env=env,
                          cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-4000:]
-    return json.loads((root / "out.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def results():
+    """The script's output, computed once per test run whichever worker runs these tests."""
+    return json.loads((shared_build("parallel", _run_script) / "out.json").read_text())
 
 
 def test_sharded_train_step_matches_one_device(results):

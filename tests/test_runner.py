@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import pathlib
+import shutil
 import struct
 import subprocess
 
@@ -18,13 +19,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TINY_MODEL, main_cmd, main_env, run_main
+from conftest import TINY_MODEL, main_cmd, main_env, run_main, shared_build
 
 TINY = [*TINY_MODEL, "--config.training.n_iters=8", "--config.training.snapshot_freq=4",
         "--config.training.snapshot_freq_for_preemption=2", "--config.training.log_freq=2",
         "--config.eval.begin_ckpt=2", "--config.eval.end_ckpt=2", "--config.eval.num_samples=16",
         "--config.eval.bpd_num_repeats=1"]
 _env, _main = main_env, run_main
+# Inpainting and class-conditional sampling run the predictor-corrector loop, one step per SDE
+# discretisation step (model.num_scales, 1000 in the config). The tests check what the loop keeps
+# (known pixels, labels, shapes), not sample quality, so 50 steps cover the same code. The score
+# network does not see N (continuous VP: label 999 t). Conditional sampling's classifier gradient
+# is a convolution VJP inside the compiled loop, slow on XLA:CPU (DESIGN.md, "Known trap"): its
+# 1000 steps took 190 s with every program already compiled.
+PC_STEPS = ["--config.model.num_scales=50"]
 
 
 def _read_events(path: pathlib.Path) -> dict[str, list[float]]:
@@ -45,16 +53,23 @@ def _snapshot_files(directory: pathlib.Path) -> dict[str, str]:
             for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
+def _train_then_eval(directory: pathlib.Path) -> None:
+    env = _env(directory)
+    for mode in ("train", "eval"):
+        out = _main([f"--workdir={directory / 'work'}", f"--mode={mode}", *TINY], env)
+        assert out.returncode == 0, out.stderr[-4000:]
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """(workdir, env) after `main.py --mode train` then `--mode eval` on a tiny config."""
+    """(workdir, env, root) after `main.py --mode train` then `--mode eval` on a tiny config.
+
+    Trained once per test run (shared_build) and copied, so that this file's tests can run on
+    both workers and each may write into its workdir.
+    """
     root = tmp_path_factory.mktemp("runner")
-    env, workdir = _env(root), root / "work"
-    out = _main([f"--workdir={workdir}", *TINY], env)
-    assert out.returncode == 0, out.stderr[-4000:]
-    out = _main([f"--workdir={workdir}", "--mode=eval", *TINY], env)
-    assert out.returncode == 0, out.stderr[-4000:]
-    return workdir, env, root
+    shutil.copytree(shared_build("runner_trained", _train_then_eval) / "work", root / "work")
+    return root / "work", _env(root), root
 
 
 def test_train_writes_checkpoints_events_and_grids(trained):
@@ -185,7 +200,7 @@ def test_sample_mode_tasks_keep_their_inputs(trained):
     """Inpainting keeps the known pixels bit for bit; interpolation paths start and end at the
     inputs (encode -> decode round trip, to the ODE tolerance); grids are written as PNG."""
     workdir, env, _ = trained
-    base = [f"--workdir={workdir}", "--mode=sample", *TINY, "--config.sample.num=4",
+    base = [f"--workdir={workdir}", "--mode=sample", *TINY, *PC_STEPS, "--config.sample.num=4",
             "--config.sample.batch_size=4", "--config.sample.num_points=3"]
     for task in ("inpaint", "interpolate"):
         out = _main([*base, f"--config.sample.task={task}"], env)
@@ -214,7 +229,8 @@ def test_train_classifier_then_conditional_samples(trained):
     assert out.returncode == 0, out.stderr[-3000:]
     accuracy = float(out.stdout.split("clean accuracy ")[1].split()[0])
     assert accuracy > 0.5, out.stdout  # chance is 0.1
-    out = _main([f"--workdir={workdir}", "--mode=sample", *TINY, "--config.sample.task=conditional",
+    out = _main([f"--workdir={workdir}", "--mode=sample", *TINY, *PC_STEPS,
+                 "--config.sample.task=conditional",
                  "--config.sample.num=4", "--config.sample.batch_size=4"], env)
     assert out.returncode == 0, out.stderr[-3000:]
     with np.load(workdir / "sample" / "conditional" / "result.npz") as d:
