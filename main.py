@@ -115,10 +115,10 @@ def main(argv, coordinator_slot: list) -> None:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
         _quiet_third_party()
     config = _config()
-    if (FLAGS.num_processes or 1) > 1 and FLAGS.process_id is not None:
-        # Before JAX starts: a lost coordinator then ends this process in one line, not an abort.
+    if (FLAGS.num_processes or 1) > 1 and FLAGS.process_id is not None and "jax" not in sys.modules:
+        # Before JAX starts (a config file that imports JAX goes without): a lost coordinator then
+        # ends this process in one line, not an abort.
         from score_jax import process_guard
-        assert "jax" not in sys.modules, "process_guard must fork before JAX is imported"
         process_guard.fork_and_watch(FLAGS.process_id, FLAGS.coordinator_address)
     # jax.distributed must be initialised before anything touches a JAX backend.
     from score_jax import coordination, parallel

@@ -37,14 +37,14 @@ def sha256_of(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def _download(url: str, tmp: pathlib.Path, timeout: float, progress: bool) -> str:
+def _download(url: str, tmp: pathlib.Path, name: str, timeout: float, progress: bool) -> str:
     """Stream url into tmp with a progress bar; returns the SHA-256 of what arrived."""
     from tqdm import tqdm
 
     h = hashlib.sha256()
     with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
         total = int(response.headers.get("Content-Length") or 0) or None
-        with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {tmp.name[1:-5]}",
+        with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {name}",
                   disable=not progress, mininterval=0.5) as bar:
             for block in iter(lambda: response.read(_CHUNK), b""):
                 out.write(block)
@@ -68,9 +68,10 @@ def fetch(url: str, sha256: str, name: str, *, directory: pathlib.Path | None = 
             return path
         path.unlink()  # damaged or replaced since it was cached: fetch it again
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".{name}.part"
+    # One temporary name per process: the processes of a job may share a cache (an NFS home).
+    tmp = directory / f".{name}.{os.getpid()}.part"
     try:
-        got = _download(url, tmp, timeout, progress)
+        got = _download(url, tmp, name, timeout, progress)
     except (urllib.error.URLError, OSError, ValueError) as e:
         tmp.unlink(missing_ok=True)
         reason = getattr(e, "reason", None) or e
