@@ -90,6 +90,18 @@ def _quiet_third_party() -> None:
     """Hide the benign warnings above (every handler, so absl's and Python's alike)."""
     for handler in pylogging.getLogger().handlers:
         handler.addFilter(_DropBenign())
+    previous = sys.unraisablehook
+
+    def unraisable(args) -> None:
+        # After a checkpoint save fails (a full disk), orbax closes its event loop while
+        # tensorstore's writes still complete; each completion callback then fails with "Event
+        # loop is closed" in a C++ thread, reported as unraisable, hundreds of times. The failure
+        # itself is reported in one line.
+        if args.exc_type is RuntimeError and str(args.exc_value) == "Event loop is closed":
+            return
+        previous(args)
+
+    sys.unraisablehook = unraisable
 
 
 def _config():

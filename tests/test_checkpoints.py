@@ -212,8 +212,11 @@ def small_disk(tmp_path):
 
 
 def _one_error_line(out) -> str:
+    """The run's one `error:` line, which ends its stderr; no trace anywhere."""
     errors = [l for l in out.stderr.splitlines() if l.startswith("error: ")]
-    assert out.returncode == 2 and len(errors) == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert out.returncode == 2 and len(errors) == 1, out.stderr[-3000:]
+    assert out.stderr.strip().splitlines()[-1] == errors[0], out.stderr[-3000:]
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
     return errors[0]
 
 
