@@ -10,7 +10,7 @@ import nbclient
 import nbformat
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, shared_build
 from score_jax import xla_cpu
 
 NOTEBOOK = ROOT / "docs" / "tutorial.ipynb"
@@ -40,9 +40,9 @@ def printed_facts(nb) -> dict:
     return json.loads(text)
 
 
-@pytest.fixture(scope="module")
-def facts(tmp_path_factory):
-    root = tmp_path_factory.mktemp("jupyter")
+def _execute(directory) -> None:
+    """Run the notebook in a fresh kernel; its printed facts go to directory/facts.json."""
+    root = directory / "jupyter"
     install_kernelspec(root)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("JUPYTER_PATH", str(root))          # searched before the user's and system's specs
@@ -52,7 +52,14 @@ def facts(tmp_path_factory):
         client = nbclient.NotebookClient(nb, kernel_name=KERNEL, timeout=CELL_TIMEOUT_S,
                                          resources={"metadata": {"path": str(NOTEBOOK.parent)}})
         client.execute()   # raises CellExecutionError, with the cell and its traceback, on any error
-    return printed_facts(nb)
+    (directory / "facts.json").write_text(json.dumps(printed_facts(nb)))
+
+
+@pytest.fixture
+def facts():
+    # Executed once per test run whichever xdist worker asks first (a module fixture ran it on
+    # both workers: twice the suite's slowest setup).
+    return json.loads((shared_build("tutorial", _execute) / "facts.json").read_text())
 
 
 def test_tutorial_samples_and_likelihood(facts):
