@@ -39,6 +39,15 @@ def _params(workdir: pathlib.Path):
     return step, state["params"], state["params_ema"]
 
 
+def _assert_ends_as(workdir: pathlib.Path, ref_dir: pathlib.Path) -> None:
+    """The run in workdir reached step 24 with the reference run's parameters and EMA, bit for bit."""
+    step, params, ema = _params(workdir)
+    _, ref_params, ref_ema = _params(ref_dir)
+    assert step == 24
+    _assert_same(params, ref_params)
+    _assert_same(ema, ref_ema)
+
+
 def _assert_same(a, b):
     flat_a, flat_b = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
     assert len(flat_a) == len(flat_b)
@@ -139,8 +148,7 @@ def reference(tmp_path):
 
 def test_sigkill_at_random_points_then_resume_is_bitwise_identical(reference):
     ref_dir, ref_seconds, env, root = reference
-    step, ref_params, ref_ema = _params(ref_dir)
-    assert step == 24
+    assert _params(ref_dir)[0] == 24
     rng = random.Random(1234)
     for trial in range(2):
         workdir = root / f"killed_{trial}"
@@ -152,10 +160,7 @@ def test_sigkill_at_random_points_then_resume_is_bitwise_identical(reference):
         proc.wait()
         out = subprocess.run(_cmd(workdir), env=env, capture_output=True, text=True, timeout=240)
         assert out.returncode == 0, out.stderr[-3000:]
-        step, params, ema = _params(workdir)
-        assert step == 24
-        _assert_same(params, ref_params)
-        _assert_same(ema, ref_ema)
+        _assert_ends_as(workdir, ref_dir)
 
 
 def test_truncated_latest_checkpoint_uses_previous(reference):
@@ -171,10 +176,7 @@ def test_truncated_latest_checkpoint_uses_previous(reference):
     # previous complete checkpoint is the snapshot at 12.
     assert "resuming from the checkpoint at step 12" in out.stdout
     assert (workdir / "checkpoints-damaged").is_dir()
-    _, params, ema = _params(workdir)
-    _, ref_params, ref_ema = _params(ref_dir)
-    _assert_same(params, ref_params)
-    _assert_same(ema, ref_ema)
+    _assert_ends_as(workdir, ref_dir)
 
 
 def test_sigterm_saves_and_exits_cleanly(reference):
@@ -265,11 +267,7 @@ def test_full_or_read_only_disk_stops_in_one_line_and_resumes_bitwise(reference,
     out = subprocess.run(_cmd(workdir, every3), env=env, capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "resuming from the checkpoint at step" in out.stdout
-    step, params, ema = _params(workdir)
-    _, ref_params, ref_ema = _params(ref_dir)
-    assert step == 24
-    _assert_same(params, ref_params)
-    _assert_same(ema, ref_ema)
+    _assert_ends_as(workdir, ref_dir)
 
 
 def test_second_job_on_a_live_workdir_is_refused_and_a_killed_ones_lock_is_taken_over(reference):
