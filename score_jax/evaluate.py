@@ -279,7 +279,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     path = workdir_lib.resolve(workdir) if init_from_official else \
         workdir_lib.require_checkpoints(workdir)
     eval_dir = workdir_lib.prepare(path, barrier=coord.barrier) / eval_folder
-    with workdir_lock.claim(path, workdir_lib.role_name("eval", eval_folder), mode="eval"):
+    kept = lambda: "the results already written are kept, and a rerun skips them."  # noqa: E731
+    with workdir_lock.claim(path, workdir_lib.role_name("eval", eval_folder), mode="eval"), \
+            workdir_lib.stop_on_write_failure(path, kept):
         return _evaluate_into(ctx, path, eval_dir, init_from_official)
 
 

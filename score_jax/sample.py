@@ -224,8 +224,9 @@ def sample(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     step, state = _restore(config, exp, path)
     params, model_state = parallel.to_host((state.params_ema, state.model_state))
     out_dir = workdir_lib.prepare(path, barrier=coord.barrier) / config.sample.folder / task
+    kept = lambda: "the files already written are kept."  # noqa: E731
     with workdir_lock.claim(path, workdir_lib.role_name("sample", f"{config.sample.folder}/{task}"),
-                            mode="sample"):
+                            mode="sample"), workdir_lib.stop_on_write_failure(path, kept):
         if parallel.is_main_process():
             out_dir.mkdir(parents=True, exist_ok=True)
         coord.barrier("sample_dir")
