@@ -206,9 +206,12 @@ def _maybe_sample(run: _Run, start: int, loop: _Loop) -> None:
 def _restore_or_init(config, exp: experiment.Experiment, manager, mesh,
                      init_from_official: Optional[str], reporter: reporting.Reporter):
     """(state on the mesh, data state): newest readable checkpoint, else official file, else init."""
-    restored = checkpoints.restore_latest(
-        manager, experiment.init_state(config, exp, abstract=True),
-        sharding=parallel.replicated(mesh), report=reporter.message)
+    manager.reload()
+    restored = None
+    if manager.all_steps():  # the restore target traces the model's init: seconds on a CPU
+        restored = checkpoints.restore_latest(
+            manager, experiment.init_state(config, exp, abstract=True),
+            sharding=parallel.replicated(mesh), report=reporter.message)
     if restored is not None:
         reporter.message(f"resuming from the checkpoint at step {restored.step} in "
                          f"{manager.directory}")

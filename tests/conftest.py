@@ -143,38 +143,32 @@ def free_port() -> int:
 
 # ------------------------------------------------------------------ scheduling on xdist workers
 
-# `bash run.sh tests` runs pytest-xdist with --dist loadgroup: a work unit is a module (so that a
-# module's fixtures are made on one worker only) or one test of SPLIT_MODULES. (With the xdist
-# 3.8 installed here the marks did not group the tests: every test ran as its own unit. Tests that
-# share an expensive result therefore get it from shared_build, which makes it once per run.)
+# `bash run.sh tests` runs pytest-xdist with --dist loadgroup: a work unit is a test module, so that
+# a module's fixtures are made on one worker only, or a group of tests marked
+# `xdist_group(name)` (tests that start from the same shared_build, which one worker then runs in
+# order instead of the other waiting for it). pytest 9.2 broke this grouping of xdist 3.8, which
+# sets the legacy `_nodeid` that pytest 9.2 no longer reads (pytest-dev/pytest-xdist#1386):
+# requirements.txt pins pytest 9.1.1.
 # Units start slowest first, so that the suite does not end on one worker running a minutes-long
-# test while the other is idle.
-SPLIT_MODULES = ("test_runner.py", "test_multihost.py", "test_checkpoints.py")
-# Seconds of the slowest units (--durations, setup included) in a run with --dist load on a
-# 2-core machine loaded about 4x by other work; the order only needs to be roughly right. A test
-# not listed here counts as fast and keeps its collection order.
+# unit while the other is idle.
+# Seconds of the slowest units (--durations, setup included) on a quiet 2-core machine; the order
+# only needs to be roughly right. A unit not listed here counts as fast and keeps its collection
+# order.
 SLOWEST = {
-    "test_runner.py::test_train_classifier_then_conditional_samples": 780,  # + shared training
-    "test_parallel.py": 500,
-    "test_multihost.py::test_two_process_eval_equals_one_process": 530,  # + shared training
-    "test_classifier.py": 360,
-    "test_checkpoints.py::test_sigkill_at_random_points_then_resume_is_bitwise_identical": 320,
-    "test_multihost.py::test_two_processes_train_agree_and_write_one_checkpoint_set": 240,
-    "test_multihost.py::test_killed_process_stops_the_other_and_rerun_resumes": 230,
-    "test_runner.py::test_non_finite_loss_stops_naming_the_step": 160,
-    "test_runner.py::test_sample_mode_tasks_keep_their_inputs": 150,
-    "test_checkpoints.py::test_sigterm_saves_and_exits_cleanly": 80,
-    "test_multihost.py::test_two_process_fid_stats_and_samples_equal_one_process": 80,
-    "test_checkpoints.py::test_truncated_latest_checkpoint_uses_previous": 80,
-    "test_runner.py::test_user_errors_are_one_clean_message": 45,
+    "test_runner.py": 340,
+    "multihost_trained": 300,
+    "test_checkpoints.py": 270,
+    "multihost_two_process": 200,
+    "test_parallel.py": 120,
+    "test_tutorial.py": 95,
+    "test_classifier.py": 85,
 }
 
 
 def _unit(item) -> str:
-    """The xdist work unit of a test, as a key of SLOWEST: 'file.py' or 'file.py::test[id]'."""
-    module, _, test = item.nodeid.partition("::")
-    name = pathlib.Path(module).name
-    return f"{name}::{test}" if name in SPLIT_MODULES else name
+    """The xdist work unit of a test, as a key of SLOWEST: its xdist_group, else 'file.py'."""
+    mark = item.get_closest_marker("xdist_group")
+    return mark.args[0] if mark else pathlib.Path(item.nodeid.partition("::")[0]).name
 
 
 def pytest_itemcollected(item):

@@ -25,6 +25,11 @@ EVAL = [*TINY, "--config.eval.begin_ckpt=1", "--config.eval.end_ckpt=2",
         "--config.eval.batch_size=64", "--config.eval.enable_sampling=False"]
 
 
+# Tests that start from the same shared build run on one worker, in order (conftest.py).
+TWO_PROCESS_RUN = pytest.mark.xdist_group("multihost_two_process")
+TRAINED = pytest.mark.xdist_group("multihost_trained")
+
+
 def _start(args, env, n: int) -> list[subprocess.Popen]:
     address = f"127.0.0.1:{free_port()}"
     return [subprocess.Popen(
@@ -82,6 +87,7 @@ def two_process_run(tmp_path):
     return built / "work", digests, main_env(tmp_path), tmp_path
 
 
+@TWO_PROCESS_RUN
 def test_two_processes_train_agree_and_write_one_checkpoint_set(two_process_run):
     workdir, digests, _, _ = two_process_run
     assert digests[0] == digests[1] and digests[0][0] == 24
@@ -110,10 +116,18 @@ def _wait_for(path, timeout=240):
     assert path.is_dir(), f"{path} never appeared"
 
 
-def test_sigterm_to_every_process_saves_once_and_resumes_bitwise(two_process_run):
-    # A pod's preemption notice: SIGTERM to every process at once.
+@TWO_PROCESS_RUN
+def test_sigterm_then_killed_coordinator_then_rerun_resumes_bitwise(two_process_run):
+    """A pod's preemption notice (SIGTERM to every process) saves once and exits cleanly; the
+    resumed job then loses its coordinator (killed), and the other process stops within seconds in
+    one line that names it; the rerun ends with the uninterrupted run's parameters, bit for bit.
+
+    One chain of three jobs rather than two tests of two jobs each: every job here compiles and
+    starts two processes, the slow part of these tests."""
     _, digests, env, scratch = two_process_run
-    workdir = scratch / "preempted"
+    workdir = scratch / "interrupted"
+    from score_jax import checkpoints
+
     procs = _start([f"--workdir={workdir}", *TRAIN24], env, 2)
     _wait_for(workdir / "checkpoints" / "4")
     for p in procs:
@@ -122,18 +136,14 @@ def test_sigterm_to_every_process_saves_once_and_resumes_bitwise(two_process_run
     for p, (_, stderr) in zip(procs, outs):
         assert p.returncode == 0, stderr[-4000:]
     step = _digests(outs)[0][0]
-    assert step < 24, "the run ended before the notice; nothing was tested"
+    # Checkpoints every 4 steps: the resumed job is killed after its first one, and must have
+    # steps left then (at least 12, as many as the kill after step 12 of a fresh job left).
+    assert step < 12, "the run went on too long after the notice; nothing left to test"
     assert f"preemption notice: checkpoint saved at step {step}" in outs[0][0]
-    from score_jax import checkpoints
     assert checkpoints.snapshot_steps(workdir / "checkpoints")[-1] == step
-    assert _run_two(workdir, env) == digests
 
-
-def test_killed_coordinator_stops_the_other_in_one_line_and_rerun_resumes(two_process_run):
-    _, digests, env, scratch = two_process_run
-    workdir = scratch / "coordinator_killed"
     procs = _start([f"--workdir={workdir}", *TRAIN24], env, 2)
-    _wait_for(workdir / "checkpoints" / "8")
+    _wait_for(workdir / "checkpoints" / str(4 * (step // 4 + 1)))
     procs[0].kill()
     killed_at = time.time()
     try:
@@ -144,6 +154,7 @@ def test_killed_coordinator_stops_the_other_in_one_line_and_rerun_resumes(two_pr
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("error: process 1: process 0, the job's coordinator at 127.0.0.1:"), \
         stderr[-3000:]
+
     assert _run_two(workdir, env) == digests
 
 
@@ -170,36 +181,21 @@ def _results(workdir, folder) -> dict:
         return {**summary, "per_example": d["bpd_per_example"]}
 
 
-def test_two_process_eval_equals_one_process(trained):
-    workdir, env = trained
-    one_ckpt = [*EVAL, "--config.eval.begin_ckpt=2"]  # the last checkpoint only: it is the slow part
-    out = run_main([f"--workdir={workdir}", "--mode=eval", "--eval_folder=eval_1", *one_ckpt], env)
-    assert out.returncode == 0, out.stderr[-3000:]
-    procs = _start([f"--workdir={workdir}", "--mode=eval", "--eval_folder=eval_2", *one_ckpt], env, 2)
-    for p, (_, stderr) in zip(procs, _finish(procs)):
-        assert p.returncode == 0, stderr[-3000:]
-    one, two = _results(workdir, "eval_1"), _results(workdir, "eval_2")
-    for label in ("ckpt_2",):
-        # Same examples, same noise keys: only the order of float sums may differ.
-        assert two[label]["loss"] == pytest.approx(one[label]["loss"], rel=1e-6)
-        # Each process solves its half with its own adaptive steps: the two agree to the solver's
-        # relative tolerance (eval.bpd_rtol = 1e-3 in the digits config).
-        assert two[label]["bpd"] == pytest.approx(one[label]["bpd"], rel=2e-3)
-    assert one["per_example"].shape == two["per_example"].shape == (1, 297)
-    np.testing.assert_allclose(two["per_example"], one["per_example"], rtol=1e-2)
-    # Only process 0 writes: one file per checkpoint and the summary, nothing per process.
-    assert sorted(p.name for p in (workdir / "eval_2").iterdir()) == \
-        ["ckpt_2.npz", "metrics.png", "summary.json"]
+@TRAINED
+def test_killed_process_stops_the_other_rerun_resumes_and_two_processes_equal_one(trained):
+    """A two-process evaluation whose process 1 is killed: process 0 stops within seconds naming
+    it; a one-process rerun keeps the finished checkpoint and evaluates the other. A two-process
+    evaluation of that checkpoint then gives the rerun's loss and bits/dim.
 
-
-def test_killed_process_stops_the_other_and_rerun_resumes(trained):
+    One chain rather than two tests: the rerun is the one-process evaluation the comparison needs,
+    and each of these evaluations solves the bits/dim ODE for every test digit (the slow part)."""
     workdir, env = trained
-    args = [f"--workdir={workdir}", "--mode=eval", "--eval_folder=eval_kill", *EVAL]
+    args = [f"--workdir={workdir}", "--mode=eval", "--eval_folder=eval_1", *EVAL]
     procs = _start(args, env, 2)
     deadline = time.time() + 240
-    while not (workdir / "eval_kill" / "ckpt_1.npz").exists() and time.time() < deadline:
+    while not (workdir / "eval_1" / "ckpt_1.npz").exists() and time.time() < deadline:
         time.sleep(0.1)
-    assert (workdir / "eval_kill" / "ckpt_1.npz").exists(), "first checkpoint never evaluated"
+    assert (workdir / "eval_1" / "ckpt_1.npz").exists(), "first checkpoint never evaluated"
     procs[1].kill()
     killed_at = time.time()
     try:
@@ -212,9 +208,26 @@ def test_killed_process_stops_the_other_and_rerun_resumes(trained):
     out = run_main(args, env)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "ckpt_1 (step 2): already evaluated" in out.stdout
-    assert (workdir / "eval_kill" / "ckpt_2.npz").exists()
+
+    # Noise keys depend on the step only, so the checkpoint range does not change ckpt_2's result.
+    last = [*EVAL, "--config.eval.begin_ckpt=2"]
+    procs = _start([f"--workdir={workdir}", "--mode=eval", "--eval_folder=eval_2", *last], env, 2)
+    for p, (_, stderr) in zip(procs, _finish(procs)):
+        assert p.returncode == 0, stderr[-3000:]
+    one, two = _results(workdir, "eval_1"), _results(workdir, "eval_2")
+    # Same examples, same noise keys: only the order of float sums may differ.
+    assert two["ckpt_2"]["loss"] == pytest.approx(one["ckpt_2"]["loss"], rel=1e-6)
+    # Each process solves its half with its own adaptive steps: the two agree to the solver's
+    # relative tolerance (eval.bpd_rtol = 1e-3 in the digits config).
+    assert two["ckpt_2"]["bpd"] == pytest.approx(one["ckpt_2"]["bpd"], rel=2e-3)
+    assert one["per_example"].shape == two["per_example"].shape == (1, 297)
+    np.testing.assert_allclose(two["per_example"], one["per_example"], rtol=1e-2)
+    # Only process 0 writes: one file per checkpoint and the summary, nothing per process.
+    assert sorted(p.name for p in (workdir / "eval_2").iterdir()) == \
+        ["ckpt_2.npz", "metrics.png", "summary.json"]
 
 
+@TRAINED
 def test_two_process_fid_stats_and_samples_equal_one_process(trained):
     """--mode fid_stats on two processes gives the one-process reference statistics (every example
     once, in order); --mode sample draws the requested number once, written by process 0 only."""
