@@ -6,6 +6,7 @@ train split; lower is better), IS-digits and the share of the most frequent clas
 split gives the floor. Writes <out>/samplers_digits.{png,md}.
 
 Usage: bash run.sh bench/samplers_digits.py --workdir digits_run [--n 512] [--step 1000]
+       [--nfes 10,20,40] [--no-baselines]
 """
 
 from __future__ import annotations
@@ -33,15 +34,20 @@ FAST = {
                                                  method="multistep", skip_type="time_quadratic"),
     "ddim (eta 0)": dict(solver="ddim"),
     "heun (EDM, rho 7)": dict(solver="heun"),
+    "unipc-3 (noise, logSNR)": dict(solver="unipc"),
+    "unipc-2 (data, logSNR)": dict(solver="unipc", order=2, prediction="data"),
+    "dpm_solver-3 multi, logSNR": dict(solver="dpm_solver", order=3, method="multistep"),
 }
 NFES = (10, 20, 40)
 
 
-def _samplers(nfes):
+def _samplers(nfes, baselines=True):
     for label, options in FAST.items():
         for nfe in nfes:
             yield label, lambda k, sde, f, shape, eps, o=options, n=nfe: sampling.fast_sample(
                 k, sde, f, shape, nfe=n, eps=eps, **o)
+    if not baselines:
+        return
     yield "ODE RK45 1e-3 (config)", lambda k, sde, f, shape, eps: sampling.ode_sample(
         k, sde, f, shape, rtol=1e-3, atol=1e-3, eps=eps)
     yield "ODE RK45 1e-5", lambda k, sde, f, shape, eps: sampling.ode_sample(
@@ -58,7 +64,12 @@ def main() -> None:
     parser.add_argument("--step", type=int, default=1000)
     parser.add_argument("--n", type=int, default=512)
     parser.add_argument("--out", default="bench/results")
+    parser.add_argument("--nfes", default=",".join(map(str, NFES)))
+    parser.add_argument("--no-baselines", action="store_true",
+                        help="only the few-step solvers (no ODE / PC-1000), -> samplers_digits_nfe.md")
     args = parser.parse_args()
+    nfes = tuple(int(v) for v in args.nfes.split(","))
+    name = "samplers_digits_nfe" if args.no_baselines else "samplers_digits"
     config = digits_ddpmpp_continuous.get_config()
     exp = experiment.build(config)
     manager = checkpoints.open_manager(os.path.join(args.workdir, "checkpoints"),
@@ -76,7 +87,7 @@ def main() -> None:
     floor = sample_quality.score_samples(scorer, test)["fd_digits"]
     print(f"floor: FD-digits of the {len(test)} real test digits = {floor:.2f}", flush=True)
     rows = []
-    for label, run in _samplers(NFES):
+    for label, run in _samplers(nfes, baselines=not args.no_baselines):
         t0 = time.perf_counter()
         x, nfe = run(key, exp.sde, score_fn, shape, exp.sampling_eps)
         x = images.to_uint8(np.clip(np.asarray(inverse(x)), 0, 1))
@@ -94,7 +105,7 @@ def main() -> None:
               for r in rows]
     table.append(f"\nFloor (real test digits): FD-digits {floor:.2f}; {args.n} samples each, "
                  f"checkpoint step {args.step}.")
-    with open(os.path.join(args.out, "samplers_digits.md"), "w") as f:
+    with open(os.path.join(args.out, f"{name}.md"), "w") as f:
         f.write("\n".join(table) + "\n")
     series: dict = {}
     for label, nfe, fd, *_ in rows:
@@ -103,7 +114,7 @@ def main() -> None:
         series[label][1].append(fd)
     baselines = {label: xs_ys[1][0] for label, xs_ys in series.items() if len(xs_ys[0]) == 1}
     curves = {label: xs_ys for label, xs_ys in series.items() if len(xs_ys[0]) > 1}
-    plots.save_charts(os.path.join(args.out, "samplers_digits.png"), [plots.Chart(
+    plots.save_charts(os.path.join(args.out, f"{name}.png"), [plots.Chart(
         title="digits model: FD-digits vs NFE", series=curves,
         hlines={**baselines, "real test digits": floor}, ylabel="FD-digits")])
     print("\n".join(table))
