@@ -24,6 +24,9 @@ NFE conventions (every count is of score_fn calls, and equals the `nfe` asked fo
     M is odd (EDM). Multistep DPM-Solver: M steps (order warm-up at the start, lower orders at the
     end for M < 15 with lower_order_final). Single-step DPM-Solver: the reference's order pattern,
     e.g. order 3: [3, ..., 3] + ([2, 1] | [1] | [2]) for M mod 3 = 0 | 1 | 2.
+  - 'unipc': M steps, each one evaluation: the output at the predicted state feeds the corrector
+    of that step and the predictor of the next; no corrector after the last step (it would cost an
+    evaluation). Order warm-up and lower_order_final as multistep DPM-Solver.
   - 'adaptive_sde': 2 per iteration (accepted or rejected) + denoise; nfe is the budget.
 
 References:
@@ -33,6 +36,8 @@ References:
   Probabilistic Models", 2022.
   Karras et al., "Elucidating the Design Space of Diffusion-Based Generative Models", NeurIPS 2022.
   Jolicoeur-Martineau et al., "Gotta Go Fast When Generating Data with Score-Based Models", 2021.
+  Zhao et al., "UniPC: A Unified Predictor-Corrector Framework for Fast Sampling of Diffusion
+  Models", NeurIPS 2023.
 """
 
 from __future__ import annotations
@@ -123,6 +128,23 @@ def time_grid(sde: sde_lib.SDE, n: int, eps: float, skip_type: str, rho: float =
         t = time_of_log_snr(sde, -rho * np.log(s_max + u * (s_min - s_max)))
     t[0], t[-1] = sde.T, eps     # exact end points, free of rounding
     return t
+
+
+def _given_or_spaced(sde: sde_lib.SDE, m: int, eps: float, skip_type: str, rho: float,
+                     grid: Optional[tuple]) -> np.ndarray:
+    """`grid` (m + 1 times from T down to eps, e.g. from grid_search) if given, else time_grid."""
+    if grid is None:
+        return time_grid(sde, m, eps, skip_type, rho)
+    try:
+        ts = np.array(grid, np.float64)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"grid must be a sequence of {m + 1} times, got {grid!r}.") from None
+    if ts.shape != (m + 1,) or not (np.isclose(ts[0], sde.T) and np.isclose(ts[-1], eps)
+                                    and np.all(np.diff(ts) < 0)):
+        raise InvalidInputError(f"grid must be {m + 1} decreasing times from T={sde.T} to "
+                                f"eps={eps} for this nfe and denoise, got {np.round(ts, 6)}.")
+    ts[0], ts[-1] = sde.T, eps
+    return ts
 
 
 # --------------------------------------------------------------------------------------------
@@ -284,7 +306,8 @@ def _unipc_step(sde, ts, i, order, kind, variant) -> tuple[float, dict, dict]:
     return float(a), pred, corr
 
 
-def _unipc_plan(plan, m, eps, *, order, prediction, variant, skip_type, rho, lower_order_final):
+def _unipc_plan(plan, m, eps, *, order, prediction, variant, skip_type, rho, lower_order_final,
+                grid):
     """UniPC rows for m evaluations: multistep predictor, corrector after every step but the last.
 
     Row k evaluates m_k at the predicted x_k; the corrected state is x_k + Delta_k, Delta_k a
@@ -292,7 +315,7 @@ def _unipc_plan(plan, m, eps, *, order, prediction, variant, skip_type, rho, low
     predicted x_{k+1} = a (x_k + Delta_k) + predictor terms: one evaluation per step.
     """
     sde = plan.sde
-    ts = time_grid(sde, m, eps, skip_type, rho)
+    ts = _given_or_spaced(sde, m, eps, skip_type, rho, grid)
     kind = "data" if prediction == "data" else "noise"
     delta: dict = {}
     for i in range(m):
@@ -366,7 +389,7 @@ FAST_SOLVERS: dict[str, tuple[dict, Optional[Callable]]] = {
     "dpm_solver++": (dict(_DPM_OPTIONS, order=2, method="multistep"),
                      functools.partial(_dpm_plan, kind="data")),
     "unipc": (dict(order=3, prediction="noise", variant="bh2", skip_type="logSNR", rho=7.0,
-                   lower_order_final=True), _unipc_plan),
+                   lower_order_final=True, grid=None), _unipc_plan),
     "heun": (_EDM_OPTIONS, functools.partial(_edm_plan, heun=True)),
     "euler": (_EDM_OPTIONS, functools.partial(_edm_plan, heun=False)),
     "adaptive_sde": (_ADAPTIVE_OPTIONS, None),
@@ -475,8 +498,11 @@ def fast_sample(key: Array, sde: sde_lib.SDE, score_fn: ScoreFn, shape: tuple[in
       x_init: optional starting state [*shape] at T instead of a prior draw.
       **solver_options: 'ddim': eta, skip_type, rho. 'dpm_solver' / 'dpm_solver++': order (1-3),
         method ('singlestep' | 'multistep'), skip_type ('logSNR' | 'time_uniform' |
-        'time_quadratic' | 'edm'), rho, lower_order_final. 'heun' / 'euler': skip_type, rho,
-        s_churn, s_min, s_max, s_noise. 'adaptive_sde': abs_tol, rel_tol, safety, exponent, h_init.
+        'time_quadratic' | 'edm'), rho, lower_order_final. 'unipc': order (1-3), prediction
+        ('noise' | 'data'), variant ('bh1' | 'bh2'), skip_type, rho, lower_order_final, grid (nfe -
+        denoise + 1 times from T to eps, e.g. grid_search.search_grid's, overriding skip_type).
+        'heun' / 'euler': skip_type, rho, s_churn, s_min, s_max, s_noise. 'adaptive_sde':
+        abs_tol, rel_tol, safety, exponent, h_init.
 
     Returns:
       (samples [*shape], nfe): nfe the score_fn calls made (see the module docstring).
