@@ -83,11 +83,13 @@ BEFORE = {
     "ddim": ("ddim", {}, "t"),
 }
 AFTER = {
-    "unipc-3 (noise, logSNR)": ("unipc", {}, "t"),
-    "unipc-3, eps at level": ("unipc", {}, "level"),
+    "unipc-3 (data, logSNR)": ("unipc", {}, "t"),
+    "unipc-3 (data), eps at level": ("unipc", {}, "level"),
+    "unipc-3 (noise), eps at level": ("unipc", dict(prediction="noise"), "level"),
     "dpm_solver 3M, eps at level": ("dpm_solver", dict(method="multistep"), "level"),
-    "unipc-2 (data), eps at level": ("unipc", dict(order=2, prediction="data"), "level"),
-    "unipc-3, eps at level, searched grid": ("unipc", {}, "level+search"),
+    "unipc-3 (data), eps at level, searched grid": ("unipc", {}, "level+search"),
+    "unipc-3 (noise), eps at level, searched grid": ("unipc", dict(prediction="noise"),
+                                                     "level+search"),
 }
 
 
@@ -115,7 +117,7 @@ def nfe_table(sde: sde_lib.SDE, score_fn: Callable, metric_fn, *, n: int = TABLE
             if rule.endswith("search"):
                 options = dict(options, grid=tuple(grid_search.search_grid(
                     jax.random.PRNGKey(7), sde, score_fn, (2000, 2), nfe=nfe, eps=eps,
-                    solver=solver)))
+                    solver=solver, **{k: v for k, v in options.items() if k != "grid"})))
             cells[f"{label} @ {nfe}"] = spread(
                 lambda k: sampling.fast_sample(k, sde, score_fn, (n, 2), solver=solver, nfe=nfe,
                                                eps=eps, **options)[0],

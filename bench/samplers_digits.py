@@ -36,15 +36,15 @@ FAST = {
                                                  method="multistep", skip_type="time_quadratic"),
     "ddim (eta 0)": dict(solver="ddim"),
     "heun (EDM, rho 7)": dict(solver="heun"),
-    "unipc-3 (noise, logSNR)": dict(solver="unipc"),
-    "unipc-2 (data, logSNR)": dict(solver="unipc", order=2, prediction="data"),
+    "unipc-3 (data, logSNR)": dict(solver="unipc"),
+    "unipc-3 (noise, logSNR)": dict(solver="unipc", prediction="noise"),
     "dpm_solver-3 multi, logSNR": dict(solver="dpm_solver", order=3, method="multistep"),
 }
 NFES = (10, 20, 40)
 
 
 def _searched(k, sde, f, shape, eps, n):
-    """UniPC-3 on a grid searched for this model on 64 draws of another key (PRNGKey(1))."""
+    """UniPC-3 (data) on a grid searched for this model on 64 draws of another key (PRNGKey(1))."""
     grid = grid_search.search_grid(jax.random.PRNGKey(1), sde, f, (64,) + shape[1:], nfe=n, eps=eps)
     return sampling.fast_sample(k, sde, f, shape, solver="unipc", nfe=n, eps=eps, grid=tuple(grid))
 
@@ -55,7 +55,7 @@ def _samplers(nfes, baselines=True):
             yield label, lambda k, sde, f, shape, eps, o=options, n=nfe: sampling.fast_sample(
                 k, sde, f, shape, nfe=n, eps=eps, **o)
     for nfe in nfes:
-        yield "unipc-3, searched grid (s incl. search)", functools.partial(_searched, n=nfe)
+        yield "unipc-3 (data), searched grid (s incl. search)", functools.partial(_searched, n=nfe)
     if not baselines:
         return
     yield "ODE RK45 1e-3 (config)", lambda k, sde, f, shape, eps: sampling.ode_sample(
@@ -107,7 +107,7 @@ def main() -> None:
         t0 = time.perf_counter()
         x, nfe = run(key, exp.sde, score_fn, shape, exp.sampling_eps)
         x = np.asarray(inverse(x))
-        same_draw = label in FAST or label.startswith("unipc-3, searched")
+        same_draw = label in FAST or label.startswith("unipc-3 (data), searched")
         rms = float(np.sqrt(np.mean((x - reference) ** 2))) if same_draw else float("nan")
         x = images.to_uint8(np.clip(x, 0, 1))
         seconds = time.perf_counter() - t0

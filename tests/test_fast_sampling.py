@@ -60,7 +60,7 @@ ORDER_CASES = [
     # UniPC's corrector raises the predictor's order by one (Zhao et al. 2023, Theorem 3.3).
     ("unipc", dict(order=1), 2, [16, 32, 64]),
     ("unipc", dict(order=2), 3, [32, 64, 128]),
-    ("unipc", dict(order=2, prediction="data"), 3, [32, 64, 128]),
+    ("unipc", dict(order=2, prediction="noise"), 3, [32, 64, 128]),
     ("unipc", dict(order=3), 4, [32, 64, 128]),
 ]
 
@@ -110,7 +110,7 @@ MIXTURE_CASES = [
     ("heun", dict(s_churn=10.0), 61), ("dpm_solver", {}, 32),
     ("dpm_solver", dict(order=2, method="multistep"), 25), ("dpm_solver++", {}, 25),
     ("dpm_solver++", dict(order=3, method="singlestep", skip_type="time_uniform"), 30),
-    ("unipc", {}, 20), ("unipc", dict(order=2, prediction="data", variant="bh1"), 20),
+    ("unipc", {}, 20), ("unipc", dict(order=2, prediction="noise", variant="bh1"), 20),
     ("adaptive_sde", {}, 2000),
 ]
 
@@ -131,7 +131,7 @@ def test_samples_match_mixture_and_count_nfe(sde_name, solver, options, nfe):
 @pytest.mark.parametrize("solver,options", [
     ("heun", {}), ("euler", {}), ("ddim", {}), ("dpm_solver", dict(order=3)),
     ("dpm_solver", dict(order=2)), ("dpm_solver++", dict(order=3, method="multistep")),
-    ("unipc", {}), ("unipc", dict(order=2, prediction="data"))])
+    ("unipc", {}), ("unipc", dict(order=2, prediction="noise"))])
 @pytest.mark.parametrize("nfe", [2, 3, 5, 10, 11])
 @pytest.mark.parametrize("denoise", [True, False])
 def test_nfe_is_exact_for_any_budget(solver, options, nfe, denoise):
@@ -181,19 +181,19 @@ def test_searched_grid_lowers_the_error_on_other_draws():
     # one SDE (the search is SDE-agnostic: it only moves logSNR knots) to keep the suite fast.
     sde = SDES["subvp"]
     score_fn = jax.tree_util.Partial(MIXTURE.score_fn(sde))
-    grid = grid_search.search_grid(jax.random.PRNGKey(1), sde, score_fn, (1024, 2), nfe=8,
-                                   sweeps=2, reference_nfe=100)
+    grid = grid_search.search_grid(jax.random.PRNGKey(1), sde, score_fn, (512, 2), nfe=8,
+                                   sweeps=2, reference_nfe=64)
     assert grid.shape == (8,) and grid[0] == sde.T and grid[-1] == EPS
-    run = functools.partial(fs.fast_sample, jax.random.PRNGKey(2), sde, score_fn, (1024, 2),
+    run = functools.partial(fs.fast_sample, jax.random.PRNGKey(2), sde, score_fn, (512, 2),
                             solver="unipc")
-    reference = np.asarray(run(nfe=100)[0])
+    reference = np.asarray(run(nfe=64)[0])
 
     def error(**grid_option):
         return np.mean(np.linalg.norm(np.asarray(run(nfe=8, **grid_option)[0]) - reference,
                                       axis=1))
 
     searched, uniform = error(grid=tuple(grid)), error()
-    assert searched < 0.9 * uniform, (searched, uniform)
+    assert searched < 0.5 * uniform, (searched, uniform)     # measured: 0.24
 
 
 def test_given_grid_is_the_grid_used():
