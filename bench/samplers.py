@@ -60,7 +60,7 @@ FAST = {   # label -> (solver, options); 'tq': time steps uniform in sqrt(t) (ti
     "dpm_solver++-3 multi": ("dpm_solver++", dict(order=3, method="multistep")),
     "dpm_solver++-3 multi tq": ("dpm_solver++", dict(order=3, method="multistep",
                                                      skip_type="time_quadratic")),
-    "unipc-3 (noise, bh2)": ("unipc", {}),
+    "unipc-3 (data)": ("unipc", {}),
     "heun (edm)": ("heun", {}),
     "euler (edm)": ("euler", {}),
     "heun churn=5": ("heun", dict(s_churn=5.0)),
