@@ -20,7 +20,12 @@ Writes <out>/samplers_gmm.png (one panel per SDE, SW against NFE, log axes) and
 <out>/samplers_gmm.md (the table), and prints the table. Seconds are one warm call on a shared
 2-core CPU (other jobs running), for orientation only.
 
-Usage: PYTHONPATH=. python bench/samplers.py [--out bench/results] [--n 50000]
+First, the issue-27 table: 10 and 20 NFE on VE, VP, sub-VP for the solvers as they were (BEFORE)
+and the new ones (AFTER), mean +- std of the sliced W1 over 3 prior keys, 20,000 samples, on the
+issue's two-mode mixture and the three-mode one (--table-only writes it alone to
+samplers_gmm_nfe.md).
+
+Usage: PYTHONPATH=. python bench/samplers.py [--out bench/results] [--n 50000] [--table-only]
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import jax
 import numpy as np
 from scipy import special
 
-from score_jax import plots, sampling
+from score_jax import fast_sampling, grid_search, plots, sampling
 from score_jax import sde as sde_lib
 from score_jax import xla_cpu
 from tests import gmm
@@ -55,10 +60,93 @@ FAST = {   # label -> (solver, options); 'tq': time steps uniform in sqrt(t) (ti
     "dpm_solver++-3 multi": ("dpm_solver++", dict(order=3, method="multistep")),
     "dpm_solver++-3 multi tq": ("dpm_solver++", dict(order=3, method="multistep",
                                                      skip_type="time_quadratic")),
+    "unipc-3 (data)": ("unipc", {}),
     "heun (edm)": ("heun", {}),
     "euler (edm)": ("euler", {}),
     "heun churn=5": ("heun", dict(s_churn=5.0)),
 }
+
+
+# The 10 / 20 NFE table (issue 27): solvers as they were against the new ones, each as
+# (solver, options, eps rule); 'level' stops the solve at noise level sigma / alpha = 0.01
+# (eps_at_noise_level; never below t = 1e-3), 't' at the usual t = 1e-3; 'level+search' also
+# uses the grid of grid_search.search_grid fitted on 2,000 draws of another key (PRNGKey(7)).
+TABLE_NFES = (10, 20)
+TABLE_KEYS = 3
+TABLE_N = 20_000
+BEFORE = {
+    "dpm_solver (3S logSNR)": ("dpm_solver", {}, "t"),
+    "dpm_solver++ (2M logSNR)": ("dpm_solver++", {}, "t"),
+    "dpm_solver++ 3M tq": ("dpm_solver++", dict(order=3, skip_type="time_quadratic"), "t"),
+    "dpm_solver-3 single tq": ("dpm_solver", dict(skip_type="time_quadratic"), "t"),
+    "heun (edm)": ("heun", {}, "t"),
+    "ddim": ("ddim", {}, "t"),
+}
+AFTER = {
+    "unipc-3 (data, logSNR)": ("unipc", {}, "t"),
+    "unipc-3 (data), eps at level": ("unipc", {}, "level"),
+    "unipc-3 (noise), eps at level": ("unipc", dict(prediction="noise"), "level"),
+    "dpm_solver 3M, eps at level": ("dpm_solver", dict(method="multistep"), "level"),
+    "unipc-3 (data), eps at level, searched grid": ("unipc", {}, "level+search"),
+    "unipc-3 (noise), eps at level, searched grid": ("unipc", dict(prediction="noise"),
+                                                     "level+search"),
+}
+
+
+def table_eps(sde: sde_lib.SDE, rule: str) -> float:
+    """The solve's end time under an eps rule of BEFORE / AFTER."""
+    if rule == "t":
+        return 1e-3
+    # VE's sigma / alpha is 0.01 at t = 0: its usual t = 1e-3 is the same level already.
+    return max(1e-3, fast_sampling.eps_at_noise_level(sde, 0.01))
+
+
+def spread(run: Callable[[jax.Array], np.ndarray], metric_fn, keys: int) -> tuple[float, float]:
+    """(mean, std) of metric_fn over `keys` prior keys PRNGKey(100 + i)."""
+    values = [metric_fn(np.asarray(run(jax.random.PRNGKey(100 + i)))) for i in range(keys)]
+    return float(np.mean(values)), float(np.std(values))
+
+
+def nfe_table(sde: sde_lib.SDE, score_fn: Callable, metric_fn, *, n: int = TABLE_N,
+              keys: int = TABLE_KEYS) -> dict[str, tuple[float, float]]:
+    """'label @ nfe' -> (mean, std) SW1 over prior keys for BEFORE and AFTER, plus the tight ODE."""
+    cells = {}
+    for label, (solver, options, rule) in {**BEFORE, **AFTER}.items():
+        for nfe in TABLE_NFES:
+            eps = table_eps(sde, rule)
+            if rule.endswith("search"):
+                options = dict(options, grid=tuple(grid_search.search_grid(
+                    jax.random.PRNGKey(7), sde, score_fn, (2000, 2), nfe=nfe, eps=eps,
+                    solver=solver, **{k: v for k, v in options.items() if k != "grid"})))
+            cells[f"{label} @ {nfe}"] = spread(
+                lambda k: sampling.fast_sample(k, sde, score_fn, (n, 2), solver=solver, nfe=nfe,
+                                               eps=eps, **options)[0],
+                metric_fn, keys)
+            print(f"  {label:30s} {nfe:3d}  {cells[f'{label} @ {nfe}'][0]:.4f} "
+                  f"+- {cells[f'{label} @ {nfe}'][1]:.4f}", flush=True)
+    cells["ODE dopri5 1e-5"] = spread(
+        lambda k: sampling.ode_sample(k, sde, score_fn, (n, 2))[0], metric_fn, keys)
+    return cells
+
+
+def _table_markdown(mixture_name: str, tables: dict, floor: tuple[float, float]) -> str:
+    """Rows: solvers (before, then after); columns: SDE x NFE; cells mean +- std."""
+    sdes = list(tables)
+    head = " | ".join(f"{s} @ {nfe}" for s in sdes for nfe in TABLE_NFES)
+    lines = [f"### {mixture_name}: sliced W1 to the exact mixture at 10 and 20 NFE, mean +- std "
+             f"over {TABLE_KEYS} prior keys, {TABLE_N} samples",
+             "", f"| | solver | {head} |", "|---|---|" + "---|" * len(sdes) * len(TABLE_NFES)]
+    for group, solvers in (("before", BEFORE), ("after", AFTER)):
+        for label in solvers:
+            cells = " | ".join("{:.4f} +- {:.4f}".format(*tables[s][f"{label} @ {nfe}"])
+                               for s in sdes for nfe in TABLE_NFES)
+            lines.append(f"| {group} | {label} | {cells} |")
+    ode = " | ".join("{:.4f} +- {:.4f}".format(*tables[s]["ODE dopri5 1e-5"])
+                     for s in sdes for _ in TABLE_NFES)
+    lines.append(f"| reference | ODE dopri5 rtol = atol = 1e-5 (~110 NFE) | {ode} |")
+    lines += ["", f"{TABLE_N} exact draws against the exact mixture (the floor): "
+              f"{floor[0]:.4f} +- {floor[1]:.4f}.", ""]
+    return "\n".join(lines)
 
 
 @dataclasses.dataclass
@@ -168,12 +256,40 @@ def _summary(name: str, rows: list[Row], budget: int = 20) -> str:
             f" vs PC-1000 (nfe {pc.nfe}) SW1 {pc.metric:.4f}: ratio {best.metric / pc.metric:.2f}")
 
 
+def _nfe_tables() -> str:
+    """The before/after tables on the issue's two-mode mixture and the three-mode one."""
+    dirs_key = jax.random.PRNGKey(123)
+    parts = []
+    for mixture_name, mixture in (("two-mode mixture (issue 27)", gmm.two_mode_mixture()),
+                                  ("three-mode mixture", gmm.two_d_mixture())):
+        metric = lambda x, m=mixture: sliced_w1_to_mixture(dirs_key, x, m)  # noqa: E731
+        draws = [metric(mixture.sample(np.random.default_rng(i), TABLE_N)[0])
+                 for i in range(TABLE_KEYS)]
+        floor = (float(np.mean(draws)), float(np.std(draws)))
+        tables = {}
+        for name, sde in (("VE", sde_lib.VESDE()), ("VP", sde_lib.VPSDE()),
+                          ("sub-VP", sde_lib.SubVPSDE())):
+            print(f"{mixture_name}, {name}:", flush=True)
+            tables[name] = nfe_table(sde, mixture.score_fn(sde), metric)
+        parts.append(_table_markdown(mixture_name, tables, floor))
+    text = "\n".join(parts)
+    print(text, flush=True)
+    return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--n", type=int, default=50_000)
+    parser.add_argument("--table-only", action="store_true",
+                        help="only the 10 / 20 NFE before/after table (-> samplers_gmm_nfe.md)")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
+    tables_md = _nfe_tables()
+    if args.table_only:
+        with open(os.path.join(args.out, "samplers_gmm_nfe.md"), "w") as f:
+            f.write(tables_md)
+        return
     mixture = gmm.two_d_mixture()
     dirs_key = jax.random.PRNGKey(123)
     metric = lambda x: sliced_w1_to_mixture(dirs_key, x, mixture)  # noqa: E731
@@ -199,7 +315,8 @@ def main() -> None:
     plots.save_charts(os.path.join(args.out, "samplers_gmm.png"), charts)
     table = _markdown(results, floors)
     with open(os.path.join(args.out, "samplers_gmm.md"), "w") as f:
-        f.write(table + "\n" + "\n".join(f"- {s}" for s in summary) + "\n")
+        f.write(tables_md + "\n## The NFE ladder (one prior key)\n\n" + table + "\n"
+                + "\n".join(f"- {s}" for s in summary) + "\n")
     print(table)
     print("\n".join(summary))
 

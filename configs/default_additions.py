@@ -9,9 +9,9 @@ import ml_collections
 def add_fast_sampler_fields(sampling: ml_collections.ConfigDict) -> None:
     """The few-step solvers of sampling.fast_sample, picked by sampling.method.
 
-    sampling.method = 'ddim', 'dpm_solver', 'dpm_solver++', 'heun', 'euler' or 'adaptive_sde'
-    uses `nfe` score evaluations (denoising included; the budget of 'adaptive_sde') and the
-    options below, '' or 0 meaning the solver's own default: order, dpm_method ('singlestep' |
+    sampling.method = 'ddim', 'dpm_solver', 'dpm_solver++', 'unipc', 'heun', 'euler' or
+    'adaptive_sde' uses `nfe` score evaluations (denoising included; the budget of 'adaptive_sde')
+    and the options below, '' or 0 meaning the solver's own default: order, dpm_method ('singlestep' |
     'multistep'), skip_type ('logSNR' | 'time_uniform' | 'time_quadratic' | 'edm'), eta (DDIM),
     s_churn (EDM), rel_tol / abs_tol (adaptive_sde).
     """

@@ -5,12 +5,13 @@ table built on the host in float64, one row per score evaluation, run by one com
 evaluates the model output m_k = p_k x_k + q_k score(x_k, t_k) (the noise prediction
 eps = -sigma score, or the data prediction x0 = (x + sigma^2 score) / alpha), then moves to
 
-    x_{k+1} = a_k A + c_k0 m_k + c_k1 m_{k-1} + c_k2 m_{k-2} + n_k z_k,
+    x_{k+1} = a_k A + c_k0 m_k + c_k1 m_{k-1} + c_k2 m_{k-2} + c_k3 m_{k-3} + n_k z_k,
 
 where A is the state at the start of the current solver step (rows flagged `start` set it). Every
-single-step and multistep exponential integrator, Heun's method and DDIM's noise are such rows, so
-one loop serves them all, and a new solver is only a new table. Tables are padded to a power of
-two and the loop runs a traced number of rows, so one compilation serves many NFE.
+single-step and multistep exponential integrator, UniPC's predictor-corrector pairs, Heun's method
+and DDIM's noise are such rows, so one loop serves them all, and a new solver is only a new table.
+Tables are padded to a power of two and the loop runs a traced number of rows, so one compilation
+serves many NFE.
 
 All SDEs share the parametrisation x_t = alpha_t x_0 + sigma_t z with alpha_t, sigma_t the exact
 mean scale and std of `marginal_prob` (sub-VP's sigma is not sqrt(1 - alpha^2)), logSNR
@@ -23,6 +24,9 @@ NFE conventions (every count is of score_fn calls, and equals the `nfe` asked fo
     M is odd (EDM). Multistep DPM-Solver: M steps (order warm-up at the start, lower orders at the
     end for M < 15 with lower_order_final). Single-step DPM-Solver: the reference's order pattern,
     e.g. order 3: [3, ..., 3] + ([2, 1] | [1] | [2]) for M mod 3 = 0 | 1 | 2.
+  - 'unipc': M steps, each one evaluation: the output at the predicted state feeds the corrector
+    of that step and the predictor of the next; no corrector after the last step (it would cost an
+    evaluation). Order warm-up and lower_order_final as multistep DPM-Solver.
   - 'adaptive_sde': 2 per iteration (accepted or rejected) + denoise; nfe is the budget.
 
 References:
@@ -32,6 +36,8 @@ References:
   Probabilistic Models", 2022.
   Karras et al., "Elucidating the Design Space of Diffusion-Based Generative Models", NeurIPS 2022.
   Jolicoeur-Martineau et al., "Gotta Go Fast When Generating Data with Score-Based Models", 2021.
+  Zhao et al., "UniPC: A Unified Predictor-Corrector Framework for Fast Sampling of Diffusion
+  Models", NeurIPS 2023.
 """
 
 from __future__ import annotations
@@ -91,6 +97,21 @@ def time_of_log_snr(sde: sde_lib.SDE, lam: np.ndarray) -> np.ndarray:
     return -2.0 * log_alpha / (0.5 * b0 + np.sqrt(0.25 * b0 ** 2 - db * log_alpha))
 
 
+def eps_at_noise_level(sde: sde_lib.SDE, level: float) -> float:
+    """The time t at which x_t / alpha_t has noise std sigma_t / alpha_t = level (a float).
+
+    The same t means very different noise on different SDEs (at t = 1e-3 sub-VP's is 1e-4, VP's
+    1e-2): a solve that stops at a noise level spends no steps below it on any SDE.
+    """
+    checks.check_positive("level", level)
+    t = float(time_of_log_snr(sde, np.array(-math.log(level))))
+    if not 0.0 <= t <= sde.T:
+        top = float(np.exp(-log_snr(sde, np.array(sde.T))))
+        raise InvalidInputError(f"level={level} is no noise level of this SDE on [0, T]; its "
+                                f"sigma / alpha rises from sigma(0) to {top:.3g} at T.")
+    return t
+
+
 def time_grid(sde: sde_lib.SDE, n: int, eps: float, skip_type: str, rho: float = 7.0) -> np.ndarray:
     """n + 1 times [n + 1] from T down to eps, uniform in logSNR, t, sqrt(t) or sigma^(1/rho)."""
     u = np.linspace(0.0, 1.0, n + 1)
@@ -109,6 +130,23 @@ def time_grid(sde: sde_lib.SDE, n: int, eps: float, skip_type: str, rho: float =
     return t
 
 
+def _given_or_spaced(sde: sde_lib.SDE, m: int, eps: float, skip_type: str, rho: float,
+                     grid: Optional[tuple]) -> np.ndarray:
+    """`grid` (m + 1 times from T down to eps, e.g. from grid_search) if given, else time_grid."""
+    if grid is None:
+        return time_grid(sde, m, eps, skip_type, rho)
+    try:
+        ts = np.array(grid, np.float64)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"grid must be a sequence of {m + 1} times, got {grid!r}.") from None
+    if ts.shape != (m + 1,) or not (np.isclose(ts[0], sde.T) and np.isclose(ts[-1], eps)
+                                    and np.all(np.diff(ts) < 0)):
+        raise InvalidInputError(f"grid must be {m + 1} decreasing times from T={sde.T} to "
+                                f"eps={eps} for this nfe and denoise, got {np.round(ts, 6)}.")
+    ts[0], ts[-1] = sde.T, eps
+    return ts
+
+
 # --------------------------------------------------------------------------------------------
 # Plans: one row per score evaluation
 # --------------------------------------------------------------------------------------------
@@ -125,7 +163,7 @@ class _Plan:
         """Append a row evaluating a `kind` ('noise' | 'data') model output at time t."""
         alpha, sigma = (float(v) for v in alpha_sigma(self.sde, np.array(t)))
         p, q = (0.0, -sigma) if kind == "noise" else (1.0 / alpha, sigma ** 2 / alpha)
-        c = list(c) + [0.0] * (3 - len(c))
+        c = list(c) + [0.0] * (4 - len(c))
         self.rows.append([t, p, q, a, *c, noise, float(start)])
 
     def transform_last(self, scale: float, noise: float) -> None:
@@ -134,8 +172,8 @@ class _Plan:
             self.init = (scale * self.init[0], noise)
             return
         row = self.rows[-1]
-        row[3:7] = [scale * v for v in row[3:7]]
-        row[7] = math.hypot(scale * row[7], noise)
+        row[3:8] = [scale * v for v in row[3:8]]
+        row[8] = math.hypot(scale * row[8], noise)
 
 
 def _phi(h: float, j: int, kind: str) -> float:
@@ -160,9 +198,9 @@ def _exp_step(plan: _Plan, t: float, s: float, kind: str, weights) -> tuple[floa
         a, scale = alpha_s / alpha_t, -sigma_s
     else:
         a, scale = sigma_s / sigma_t, alpha_s
-    c = np.zeros(3)
+    c = np.zeros(4)
     for j, w in enumerate(weights):
-        c += scale * _phi(h, j, kind) * np.asarray(w + [0.0] * (3 - len(w)))
+        c += scale * _phi(h, j, kind) * np.asarray(w + [0.0] * (4 - len(w)))
     return float(a), list(c)
 
 
@@ -224,12 +262,73 @@ def _dpm_plan(plan, m, eps, *, order, method, skip_type, rho, lower_order_final,
             weights.append([1.0 / r0, -1.0 / r0])
         if o == 3:
             r1 = (lam[i - 1] - lam[i - 2]) / (lam[i + 1] - lam[i])
-            d10 = np.array([1.0, -1.0, 0.0]) / r0
-            d11 = np.array([0.0, 1.0, -1.0]) / r1
+            d10 = np.array([1.0, -1.0, 0.0, 0.0]) / r0
+            d11 = np.array([0.0, 1.0, -1.0, 0.0]) / r1
             weights = [[1.0], list(d10 + r0 / (r0 + r1) * (d10 - d11)),
                        list(2.0 * (d10 - d11) / (r0 + r1))]
         step = _exp_step(plan, float(ts[i]), float(ts[i + 1]), kind, weights)
         plan.add(float(ts[i]), kind, *step)
+
+
+def _unipc_step(sde, ts, i, order, kind, variant) -> tuple[float, dict, dict]:
+    """UniPC's step t_i -> t_{i+1}: (a, predictor, corrector) with x_{i+1} = a x_i + sum c_j m_j.
+
+    The combinations are {j: c_j} over model outputs m_j at grid times t_j; the predictor uses
+    m_i .. m_{i-order+1}, the corrector also m_{i+1} (the output at the predicted x_{i+1}).
+    """
+    (alpha_s, alpha_t), (sigma_s, sigma_t) = alpha_sigma(sde, ts[i:i + 2])
+    lam = log_snr(sde, ts[max(0, i - order + 1):i + 2])[::-1]     # lam[0] = lambda_{i+1}
+    h = lam[0] - lam[1]
+    hh, a, scale = (-h, sigma_t / sigma_s, alpha_t) if kind == "data" else (
+        h, alpha_t / alpha_s, sigma_t)
+    h_phi_1 = math.expm1(hh)
+    b_h = hh if variant == "bh1" else h_phi_1
+    rks = np.array([(lam[j + 1] - lam[1]) / h for j in range(1, order)] + [1.0])
+    # b_k = k! phi_{k+1}(hh) / B(h): the Taylor weights the corrector's rhos have to match.
+    b, h_phi_k, factorial = [], h_phi_1 / hh - 1.0, 1.0
+    for k in range(1, order + 1):
+        b.append(h_phi_k * factorial / b_h)
+        factorial *= k + 1
+        h_phi_k = h_phi_k / hh - 1.0 / factorial
+    powers = np.stack([rks ** (k - 1) for k in range(1, order + 1)])
+    rhos_p = [0.5] if order == 2 else (np.linalg.solve(powers[:-1, :-1], b[:-1]) if order > 2
+                                       else [])
+    rhos_c = [0.5] if order == 1 else np.linalg.solve(powers, b)
+    base = {i: -scale * h_phi_1}
+    pred, corr = dict(base), dict(base)
+    # D1_j = (m_{i-j} - m_i) / r_j; the corrector's last difference is m_{i+1} - m_i (r = 1).
+    diffs = [({i - j: 1.0 / rks[j - 1], i: -1.0 / rks[j - 1]}) for j in range(1, order)]
+    diffs.append({i + 1: 1.0, i: -1.0})
+    for rhos, out, terms in ((rhos_p, pred, diffs[:-1]), (rhos_c, corr, diffs)):
+        for rho, diff in zip(rhos, terms):
+            for j, w in diff.items():
+                out[j] = out.get(j, 0.0) - scale * b_h * rho * w
+    return float(a), pred, corr
+
+
+def _unipc_plan(plan, m, eps, *, order, prediction, variant, skip_type, rho, lower_order_final,
+                grid):
+    """UniPC rows for m evaluations: multistep predictor, corrector after every step but the last.
+
+    Row k evaluates m_k at the predicted x_k; the corrected state is x_k + Delta_k, Delta_k a
+    combination of m_k .. m_{k-3}, so the row moves the predicted x_k straight to the next
+    predicted x_{k+1} = a (x_k + Delta_k) + predictor terms: one evaluation per step.
+    """
+    sde = plan.sde
+    ts = _given_or_spaced(sde, m, eps, skip_type, rho, grid)
+    kind = "data" if prediction == "data" else "noise"
+    delta: dict = {}
+    for i in range(m):
+        o = min(order, i + 1)
+        if lower_order_final and m < _LOWER_ORDER_FINAL_BELOW:
+            o = min(o, m - i)
+        a, pred, corr = _unipc_step(sde, ts, i, o, kind, variant)
+        coef = {j: a * w for j, w in delta.items()}
+        for j, w in pred.items():
+            coef[j] = coef.get(j, 0.0) + w
+        plan.add(float(ts[i]), kind, a, [coef.get(i - lag, 0.0) for lag in range(4)])
+        # Delta_{i+1} = corrector - predictor, applied to the state the next row evaluates.
+        delta = {j: corr.get(j, 0.0) - pred.get(j, 0.0) for j in set(corr) | set(pred)}
 
 
 def _ddim_plan(plan, m, eps, *, eta, skip_type, rho):
@@ -289,6 +388,10 @@ FAST_SOLVERS: dict[str, tuple[dict, Optional[Callable]]] = {
     "dpm_solver": (_DPM_OPTIONS, functools.partial(_dpm_plan, kind="noise")),
     "dpm_solver++": (dict(_DPM_OPTIONS, order=2, method="multistep"),
                      functools.partial(_dpm_plan, kind="data")),
+    # Data prediction: with a trained network, noise prediction at 10 NFE diverged on the digits
+    # model (FD-digits 243 against 20; bench/results/samplers_digits_nfe.md).
+    "unipc": (dict(order=3, prediction="data", variant="bh2", skip_type="logSNR", rho=7.0,
+                   lower_order_final=True, grid=None), _unipc_plan),
     "heun": (_EDM_OPTIONS, functools.partial(_edm_plan, heun=True)),
     "euler": (_EDM_OPTIONS, functools.partial(_edm_plan, heun=False)),
     "adaptive_sde": (_ADAPTIVE_OPTIONS, None),
@@ -309,6 +412,10 @@ def _options(solver: str, given: dict[str, Any]) -> dict[str, Any]:
     if "method" in opts and opts["method"] not in ("singlestep", "multistep"):
         raise InvalidInputError(f"method={opts['method']!r} is unknown; valid methods are "
                                 f"['multistep', 'singlestep'].")
+    for name, valid in (("prediction", ("data", "noise")), ("variant", ("bh1", "bh2"))):
+        if name in opts and opts[name] not in valid:
+            raise InvalidInputError(f"{name}={opts[name]!r} is unknown for {solver!r}; valid values "
+                                    f"are {list(valid)}.")
     if "skip_type" in opts and opts["skip_type"] not in SKIP_TYPES:
         raise InvalidInputError(f"skip_type={opts['skip_type']!r} is unknown; valid skip types are "
                                 f"{sorted(SKIP_TYPES)}.")
@@ -337,32 +444,32 @@ def build_plan(sde: sde_lib.SDE, solver: str, nfe: int, eps: float, denoise: boo
 # --------------------------------------------------------------------------------------------
 
 def _padded(rows: list) -> np.ndarray:
-    """Rows [L, 9] zero-padded to a power of two (>= 8), so nearby NFE share one compilation."""
+    """Rows [L, 10] zero-padded to a power of two (>= 8), so nearby NFE share one compilation."""
     size = max(8, 1 << (len(rows) - 1).bit_length())
-    table = np.zeros((size, 9))
+    table = np.zeros((size, 10))
     table[: len(rows)] = np.asarray(rows)
     return table
 
 
 @functools.partial(jax.jit, static_argnames=("sde", "shape"))
 def _plan_program(key, score_fn, x_init, table, n_rows, init, *, sde, shape):
-    """Run n_rows rows of `table` [L, 9] from a prior draw (or x_init): one compiled loop."""
+    """Run n_rows rows of `table` [L, 10] from a prior draw (or x_init): one compiled loop."""
     prior_key, init_key, loop_key = jax.random.split(key, 3)
     x = sde.prior_sampling(prior_key, shape) if x_init is None else x_init
     table, init = table.astype(x.dtype), init.astype(x.dtype)
     x = init[0] * x + init[1] * jax.random.normal(init_key, shape, x.dtype)
 
     def body(k, carry):
-        x, anchor, m1, m2 = carry
-        t, p, q, a, c0, c1, c2, noise, start = (table[k, j] for j in range(9))
+        x, anchor, m1, m2, m3 = carry
+        t, p, q, a, c0, c1, c2, c3, noise, start = (table[k, j] for j in range(10))
         anchor = jnp.where(start > 0, x, anchor)
         m0 = p * x + q * score_fn(x, jnp.full(shape[:1], t, x.dtype))
         z = jax.random.normal(jax.random.fold_in(loop_key, k), shape, x.dtype)
-        x = a * anchor + c0 * m0 + c1 * m1 + c2 * m2 + noise * z
-        return x, anchor, m0, m1
+        x = a * anchor + c0 * m0 + c1 * m1 + c2 * m2 + c3 * m3 + noise * z
+        return x, anchor, m0, m1, m2
 
     zeros = jnp.zeros_like(x)
-    x, _, _, _ = jax.lax.fori_loop(0, n_rows, body, (x, x, zeros, zeros))
+    x, *_ = jax.lax.fori_loop(0, n_rows, body, (x, x, zeros, zeros, zeros))
     return x
 
 
@@ -393,8 +500,11 @@ def fast_sample(key: Array, sde: sde_lib.SDE, score_fn: ScoreFn, shape: tuple[in
       x_init: optional starting state [*shape] at T instead of a prior draw.
       **solver_options: 'ddim': eta, skip_type, rho. 'dpm_solver' / 'dpm_solver++': order (1-3),
         method ('singlestep' | 'multistep'), skip_type ('logSNR' | 'time_uniform' |
-        'time_quadratic' | 'edm'), rho, lower_order_final. 'heun' / 'euler': skip_type, rho,
-        s_churn, s_min, s_max, s_noise. 'adaptive_sde': abs_tol, rel_tol, safety, exponent, h_init.
+        'time_quadratic' | 'edm'), rho, lower_order_final. 'unipc': order (1-3), prediction
+        ('noise' | 'data'), variant ('bh1' | 'bh2'), skip_type, rho, lower_order_final, grid (nfe -
+        denoise + 1 times from T to eps, e.g. grid_search.search_grid's, overriding skip_type).
+        'heun' / 'euler': skip_type, rho, s_churn, s_min, s_max, s_noise. 'adaptive_sde':
+        abs_tol, rel_tol, safety, exponent, h_init.
 
     Returns:
       (samples [*shape], nfe): nfe the score_fn calls made (see the module docstring).

@@ -93,3 +93,12 @@ def image_mixture(shape=(4, 4, 1), seed: int = 0) -> GaussianMixture:
     means = np.stack([np.full(d, -1.0), np.full(d, 1.0)]) + 0.2 * rng.standard_normal((2, d))
     stds = 0.2 + 0.2 * rng.random((2, d))
     return GaussianMixture(weights=np.array([0.6, 0.4]), means=means, stds=stds, shape=tuple(shape))
+
+
+def two_mode_mixture() -> GaussianMixture:
+    """Issue 27's stiff case: two isotropic 2-D modes at +-(2, -1), weights 0.3 / 0.7."""
+    return GaussianMixture(
+        weights=np.array([0.3, 0.7]),
+        means=np.array([[2.0, -1.0], [-2.0, 1.0]]),
+        stds=np.array([[0.5, 0.5], [0.35, 0.35]]),
+        shape=(2,))
