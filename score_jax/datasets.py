@@ -27,6 +27,8 @@ import functools
 import multiprocessing
 import os
 import signal
+import threading
+import time
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -421,11 +423,19 @@ def eval_batch(pipe: Pipeline, step: int, global_batch_size: int, process_index:
 _WORKER_PIPELINE: Pipeline | None = None  # set in worker processes only, by _start_worker
 
 
-def _start_worker(pipeline: Pipeline) -> None:
+def _start_worker(pipeline: Pipeline, parent: int) -> None:
     """Worker process initialiser: keeps the pipeline; Ctrl-C is left to the main process."""
     global _WORKER_PIPELINE
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process stops the pool, in one line
     _WORKER_PIPELINE = pipeline
+    # An idle worker waits on a queue it holds both ends of, so it would outlive a killed parent.
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
 
 
 def _worker_batch(step: int, global_batch_size: int, process_index: int,
@@ -456,7 +466,8 @@ class TrainIterator:
         if workers > 0:
             # spawn, not fork: forking a process that runs JAX's threads can deadlock the child.
             self._pool = concurrent.futures.ProcessPoolExecutor(
-                workers, multiprocessing.get_context("spawn"), _start_worker, (pipeline,))
+                workers, multiprocessing.get_context("spawn"), _start_worker,
+                (pipeline, os.getpid()))
             self._load = functools.partial(_worker_batch, global_batch_size=global_batch_size,
                                            process_index=process_index,
                                            process_count=process_count)
