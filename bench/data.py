@@ -14,7 +14,8 @@ Columns: today's default (in the training process, 2 prefetch threads), then 1, 
 worker processes (`data.num_workers`), and grain's `mp_prefetch` with 2 processes over the same
 batch function (the library alternative). Each cell: its iterator started and warmed up once,
 then `repeats` timed runs of consecutive batches (buffered batches drained first), the settings
-of a row alternated run by run; the median and the spread (min-max) are reported.
+of a row alternated run by run; the median and the spread (min-max) are reported, for images/s
+and for images per CPU-second of this process and its workers (less sensitive to other load).
 Writes <out>/data.md.
 """
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
+import multiprocessing
 import os
 import pathlib
 import statistics
@@ -87,11 +89,24 @@ def _batch_of(pipe: datasets.Pipeline, batch: int, step: int) -> dict:
     return datasets.train_batch(pipe, step, batch)
 
 
+def _cpu_seconds() -> float:
+    """CPU time (user + system) of this process and its live worker processes."""
+    total = sum(os.times()[:2])
+    tick = os.sysconf("SC_CLK_TCK")
+    for child in multiprocessing.active_children():
+        try:
+            fields = pathlib.Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
 class _Cell:
     """One (source, setting): a live iterator, and the timed runs of it."""
 
     def __init__(self, pipe: datasets.Pipeline, batch: int, setting: str, start: int):
-        self.batch, self.times = batch, []
+        self.batch, self.times, self.cpu = batch, [], []  # images/s, images per CPU-s
         if setting == "grain 2":
             self.it, self.ahead = _grain_batches(pipe, batch, start, 2), 2 * 3  # see there
         else:
@@ -99,23 +114,23 @@ class _Cell:
             self.it = datasets.TrainIterator(pipe, batch, 0, 1, "folder", prefetch=2,
                                              workers=workers)
             self.it.set_state({**self.it.get_state(), "step": start})
-            self.ahead = max(2, workers)
+            self.ahead = max(2, 2 * workers)  # as TrainIterator
 
-    def run(self, count: int, consume) -> float:
-        """Seconds for `count` batches, after draining the batches buffered while idle."""
+    def run(self, count: int, consume) -> tuple[float, float]:
+        """(wall, CPU) seconds for `count` batches, after draining those buffered while idle."""
         for _ in range(self.ahead + 1):
             consume(next(self.it))
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), _cpu_seconds()
         for _ in range(count):
             consume(next(self.it))
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, _cpu_seconds() - cpu0
 
     def close(self) -> None:
         getattr(self.it, "close", lambda: None)()
 
 
 def _measure_row(pipe, size: int, settings: list[str], repeats: int, consume, bar) -> dict:
-    """{setting: [images/s per run]}: settings alternated, rotating the order each repeat."""
+    """{setting: ([images/s], [images per CPU-s]) per run}: settings alternated, order rotated."""
     batch = BATCH[size]
     count = max(4, TIMED_IMAGES[size] // batch)
     cells = {s: _Cell(pipe, batch, s, 10 ** 5 * k) for k, s in enumerate(settings)}
@@ -125,12 +140,14 @@ def _measure_row(pipe, size: int, settings: list[str], repeats: int, consume, ba
         for rep in range(repeats):
             order = settings[rep % len(settings):] + settings[:rep % len(settings)]
             for s in order:
-                cells[s].times.append(count * batch / cells[s].run(count, consume))
+                wall, cpu = cells[s].run(count, consume)
+                cells[s].times.append(count * batch / wall)
+                cells[s].cpu.append(count * batch / cpu)
                 bar.update()
     finally:
         for cell in cells.values():
             cell.close()
-    return {s: c.times for s, c in cells.items()}
+    return {s: (c.times, c.cpu) for s, c in cells.items()}
 
 
 def _machine() -> str:
@@ -164,7 +181,7 @@ def main() -> None:
         parallel.global_batch(scaler(batch["image"]), mesh).block_until_ready()
 
     load_before = os.getloadavg()
-    lines, prepared = [], []
+    lines, cpu_lines, prepared = [], [], []
     with tempfile.TemporaryDirectory() as tmp, reporting.Progress(
             len(sizes) * 3 * args.repeats * len(settings), desc="data bench", unit="run") as bar:
         for size in sizes:
@@ -176,9 +193,10 @@ def main() -> None:
                 pipe = datasets.Pipeline(source, preprocess, size, 0, random_flip=True,
                                          uniform_dequantization=False)
                 rates = _measure_row(pipe, size, settings, args.repeats, consume, bar)
-                lines.append(f"| {size} | {label} | " + " | ".join(_cell_text(rates[s])
-                                                                   for s in settings) + " |")
-                print(lines[-1], flush=True)
+                for table, part in ((lines, 0), (cpu_lines, 1)):
+                    table.append(f"| {size} | {label} | " + " | ".join(
+                        _cell_text(rates[s][part]) for s in settings) + " |")
+                print(lines[-1], cpu_lines[-1], sep="\n", flush=True)
     header = ["in process, 2 threads"] + [f"{s} worker{'s' * (s != '1')}"
                                           + (" (N)" if s == str(cores) else "")
                                           for s in settings[1:-1]] + ["grain, 2 workers"]
@@ -190,6 +208,10 @@ def main() -> None:
         "Batch 128 at 32 and 64 px, 32 at 256 px; next(it) + scaler + host->device put.", "",
         "| px | source | " + " | ".join(header) + " |",
         "|---|---|" + "---|" * len(header), *lines, "",
+        "Images per CPU-second (this process and its workers; the cost, less sensitive to the "
+        "load of others than images/s):", "",
+        "| px | source | " + " | ".join(header) + " |",
+        "|---|---|" + "---|" * len(header), *cpu_lines, "",
         "Preparing a folder once (decode, check, write array_record): " + "; ".join(prepared) + ".",
         ""])
     out = pathlib.Path(args.out)

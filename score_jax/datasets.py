@@ -461,7 +461,8 @@ class TrainIterator:
         self.global_batch_size = global_batch_size
         self.process_index, self.process_count = process_index, process_count
         self.step = 0
-        self._ahead = max(prefetch, workers)
+        # Two batches per worker, so none idles while this process takes the last one it made.
+        self._ahead = max(prefetch, 2 * workers)
         self._pool: concurrent.futures.Executor | None = None
         if workers > 0:
             # spawn, not fork: forking a process that runs JAX's threads can deadlock the child.
