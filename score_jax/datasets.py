@@ -433,6 +433,7 @@ def _start_worker(pipeline: Pipeline, parent: int) -> None:
 
 
 def _exit_with_parent(parent: int) -> None:
+    """Ends this worker process once the process `parent` is gone (polled every second)."""
     while os.getppid() == parent:
         time.sleep(1.0)
     os._exit(0)
@@ -463,7 +464,7 @@ class TrainIterator:
         self.step = 0
         # Two batches per worker, so none idles while this process takes the last one it made.
         self._ahead = max(prefetch, 2 * workers)
-        self._pool: concurrent.futures.Executor | None = None
+        self._pool: concurrent.futures.Executor | None
         if workers > 0:
             # spawn, not fork: forking a process that runs JAX's threads can deadlock the child.
             self._pool = concurrent.futures.ProcessPoolExecutor(
