@@ -77,6 +77,17 @@ def add_folder_fields(data: ml_collections.ConfigDict) -> None:
     data.eval_fraction = 0.1
 
 
+def add_loader_fields(data: ml_collections.ConfigDict) -> None:
+    """How training batches are built (score_jax/datasets.py, TrainIterator).
+
+    num_workers: processes that decode and augment whole batches ahead of the train step; 0 =
+    in the training process (two prefetch threads). Batches are the same for every value, so a
+    run may resume with another. Worth it on an accelerator host with data larger than the
+    decoded cache (512 MB) or large images: see docs/data_loading.md.
+    """
+    data.num_workers = 0
+
+
 def add_inception_weights_fields(evaluate: ml_collections.ConfigDict) -> None:
     """Where the FID Inception weights come from (metrics fid, is, kid).
 

@@ -99,6 +99,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     data.tfrecords_path = ''
     # score_jax: data.dataset = 'folder' (your own images).
     default_additions.add_folder_fields(data)
+    default_additions.add_loader_fields(data)
 
     # model
     config.model = model = ml_collections.ConfigDict()

@@ -24,7 +24,11 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import functools
+import multiprocessing
 import os
+import signal
+import threading
+import time
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -416,26 +420,65 @@ def eval_batch(pipe: Pipeline, step: int, global_batch_size: int, process_index:
     return _assemble(pipe, positions, positions, np.zeros_like(positions), valid, train=False)
 
 
+_WORKER_PIPELINE: Pipeline | None = None  # set in worker processes only, by _start_worker
+
+
+def _start_worker(pipeline: Pipeline, parent: int) -> None:
+    """Worker process initialiser: keeps the pipeline; Ctrl-C is left to the main process."""
+    global _WORKER_PIPELINE
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process stops the pool, in one line
+    _WORKER_PIPELINE = pipeline
+    # An idle worker waits on a queue it holds both ends of, so it would outlive a killed parent.
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Ends this worker process once the process `parent` is gone (polled every second)."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
+
+
+def _worker_batch(step: int, global_batch_size: int, process_index: int,
+                  process_count: int) -> dict[str, np.ndarray]:
+    """`train_batch` of the pipeline this worker process was started with."""
+    return train_batch(_WORKER_PIPELINE, step, global_batch_size, process_index, process_count)
+
+
 class TrainIterator:
     """Endless training batches whose position is a small JSON-able state (`get_state`).
 
-    Batch `step` is `train_batch(pipeline, step, ...)`; with `prefetch` > 0 that many upcoming
-    batches are prepared in background threads (this never changes which batches come out).
+    Batch `step` is `train_batch(pipeline, step, ...)`. With `workers` > 0 that many processes
+    each build whole upcoming batches (decoding and augmenting outside this process's GIL);
+    otherwise `prefetch` > 0 background threads do. Neither changes which batches come out.
     """
 
     def __init__(self, pipeline: Pipeline, global_batch_size: int, process_index: int,
-                 process_count: int, name: str, prefetch: int = 0):
+                 process_count: int, name: str, prefetch: int = 0, workers: int = 0):
+        if not isinstance(workers, int) or workers < 0:
+            raise InvalidInputError(f"workers (data.num_workers) must be an int >= 0, got "
+                                    f"{workers!r}.")
         self.pipeline, self.name = pipeline, name
         self.global_batch_size = global_batch_size
         self.process_index, self.process_count = process_index, process_count
         self.step = 0
-        self._prefetch = prefetch
-        self._pool = concurrent.futures.ThreadPoolExecutor(prefetch) if prefetch > 0 else None
+        # Two batches per worker, so none idles while this process takes the last one it made.
+        self._ahead = max(prefetch, 2 * workers)
+        self._pool: concurrent.futures.Executor | None
+        if workers > 0:
+            # spawn, not fork: forking a process that runs JAX's threads can deadlock the child.
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                workers, multiprocessing.get_context("spawn"), _start_worker,
+                (pipeline, os.getpid()))
+            self._load = functools.partial(_worker_batch, global_batch_size=global_batch_size,
+                                           process_index=process_index,
+                                           process_count=process_count)
+        else:
+            self._pool = concurrent.futures.ThreadPoolExecutor(prefetch) if prefetch > 0 else None
+            self._load = functools.partial(train_batch, pipeline,
+                                           global_batch_size=global_batch_size,
+                                           process_index=process_index, process_count=process_count)
         self._pending: dict[int, concurrent.futures.Future] = {}
-
-    def _load(self, step: int) -> dict[str, np.ndarray]:
-        return train_batch(self.pipeline, step, self.global_batch_size, self.process_index,
-                           self.process_count)
 
     def __iter__(self) -> TrainIterator:
         return self
@@ -445,7 +488,7 @@ class TrainIterator:
         step, self.step = self.step, self.step + 1
         if self._pool is None:
             return self._load(step)
-        for s in range(step, step + self._prefetch + 1):
+        for s in range(step, step + self._ahead + 1):
             if s not in self._pending:
                 self._pending[s] = self._pool.submit(self._load, s)
         return self._pending.pop(step).result()
@@ -472,7 +515,7 @@ class TrainIterator:
         self.step = step
 
     def close(self) -> None:
-        """Stops the prefetch threads."""
+        """Stops the prefetch threads or worker processes."""
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
@@ -514,19 +557,21 @@ def train_iterator(name: str, *, image_size: int, global_batch_size: int, seed: 
                    data_dir: str | os.PathLike | None = None, split: str = "train",
                    random_flip: bool = True, uniform_dequantization: bool = False,
                    process_index: int | None = None, process_count: int | None = None,
-                   state: dict[str, Any] | None = None, prefetch: int = 0,
+                   state: dict[str, Any] | None = None, prefetch: int = 0, workers: int = 0,
                    tfrecords_path: str | None = None, download: bool = False,
                    path: str | None = None, eval_fraction: float | None = None) -> TrainIterator:
     """Endless shuffled training batches of this process: image [B, S, S, C] in [0, 1], label, mask.
 
     B = global_batch_size // process_count; processes read disjoint parts of each global batch.
-    Pass a saved `state` (from `TrainIterator.get_state()`) to resume. Other arguments and errors
-    as `open_source`.
+    Pass a saved `state` (from `TrainIterator.get_state()`) to resume. `workers` > 0 builds the
+    batches in that many processes, `prefetch` > 0 in threads (see `TrainIterator`). Other
+    arguments and errors as `open_source`.
     """
     process_index, process_count = _process(process_index, process_count, global_batch_size)
     pipe = _pipeline(name, split, data_dir, image_size, seed, random_flip, uniform_dequantization,
                      tfrecords_path, download, path, eval_fraction)
-    it = TrainIterator(pipe, global_batch_size, process_index, process_count, name, prefetch)
+    it = TrainIterator(pipe, global_batch_size, process_index, process_count, name, prefetch,
+                       workers)
     if state is not None:
         it.set_state(state)
     return it

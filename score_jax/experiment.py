@@ -320,7 +320,7 @@ def train_iterator(config: Config, *, prefetch: int = 2,
         dataset_name(config), global_batch_size=batch_size or config.training.batch_size,
         seed=int(config.seed), random_flip=config.data.random_flip,
         uniform_dequantization=config.data.uniform_dequantization, prefetch=prefetch,
-        **_source_kwargs(config))
+        workers=config.data.num_workers, **_source_kwargs(config))
     _check_channels(config, data.pipeline.source)
     return data
 

@@ -228,6 +228,26 @@ def test_two_processes_split_the_global_batch(digits_dir):
         _iter(digits_dir, global_batch_size=401, process_count=2)
 
 
+def test_worker_processes_resume_and_shard_exactly(digits_dir):
+    """With 2 worker processes, two hosts resumed at step 2 read exactly the halves of the global
+    batches of one uninterrupted in-process iterator (the step-3 batch spans the epoch boundary)."""
+    single = _iter(digits_dir)
+    want = [next(single) for _ in range(6)][2:]
+    state = json.loads(json.dumps({**single.get_state(), "step": 2}))
+    parts = [_iter(digits_dir, process_index=p, process_count=2, state=state, workers=2)
+             for p in range(2)]
+    try:
+        for whole in want:
+            halves = [next(p) for p in parts]
+            joined = {k: np.concatenate([h[k] for h in halves]) for k in whole}
+            _assert_batches_equal(joined, whole)
+    finally:
+        for p in parts:
+            p.close()
+    with pytest.raises(ValueError, match="num_workers"):
+        _iter(digits_dir, workers=-1)
+
+
 def test_eval_covers_every_example_once(digits_dir):
     batches = [list(datasets.eval_iterator("digits", data_dir=digits_dir, image_size=8,
                                            global_batch_size=64, process_index=p, process_count=2))

@@ -266,7 +266,9 @@ def test_main_trains_resumes_and_evaluates(tmp_path):
     first = subprocess.run(main_cmd(*args, "--config.training.n_iters=4"), env=env,
                            capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]
-    second = subprocess.run(main_cmd(*args, "--mode=train_eval", "--config.training.n_iters=8"),
+    # Resumed with 2 loader processes (spawned: they import main.py again as __mp_main__).
+    second = subprocess.run(main_cmd(*args, "--mode=train_eval", "--config.training.n_iters=8",
+                                     "--config.data.num_workers=2"),
                             env=env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resuming from the checkpoint at step 4" in second.stdout
