@@ -47,7 +47,9 @@ def prepare(workdir: str | os.PathLike,
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as e:  # EACCES, EPERM, EROFS, a missing bucket: "cannot write here"
-            why = e.strerror or str(e).splitlines()[0][:200] or type(e).__name__
+            why = e.strerror or (  # gcsfs words a missing bucket as the upload URL it tried
+                "the bucket does not exist" if isinstance(e, FileNotFoundError)
+                else f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
             raise NotWritableError(f"--workdir: {path} is not writable ({why}); choose a "
                                    f"directory or bucket you can write to.") from None
     barrier("workdir")
