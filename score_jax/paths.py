@@ -9,6 +9,7 @@ the target gives the same guarantee), and `save_npz` builds the archive in memor
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from typing import Mapping
@@ -52,8 +53,14 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
         path.write_bytes(data)  # one object upload: atomic on GCS
         return
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    except BaseException:
+        # A full disk leaves no half-written temporary behind either.
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def npz_bytes(arrays: Mapping[str, np.ndarray], *, compressed: bool = False) -> bytes:
