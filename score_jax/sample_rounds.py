@@ -66,10 +66,13 @@ def draw_rounds(draw: DrawFn, key: jax.Array, out_dir: paths.Path, *, total: int
     parts: dict[str, list] = {"samples": [], "features": [], "logits": [], "nfe": []}
     for r in range(n_rounds):
         for p in range(count):
+            # Which files exist follows from the shares, not from a listing: a bucket client's
+            # cached listing could miss a file another process has just written.
+            if _share(min(per_round, total - r * per_round), count, p) == 0:
+                continue
             path = rounds_dir / f"round_{r}_p{p}.npz"
-            if path.exists():
-                for name, value in safe_files.load_npz(path, "sample round").items():
-                    parts[name].append(value)
+            for name, value in safe_files.load_npz(path, "sample round").items():
+                parts[name].append(value)
     cat = lambda name: np.concatenate(parts[name]) if parts[name] else None  # noqa: E731
     return Drawn(cat("samples"), cat("features"), cat("logits"),
                  max(int(v) for v in parts["nfe"]))
