@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import pathlib
 import time
 from typing import Any, Callable, Optional
 
@@ -25,7 +24,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import multihost
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
-from score_jax import safe_files
+from score_jax import paths, safe_files
 from score_jax.errors import InvalidInputError
 
 log = logging.getLogger(__name__)
@@ -40,7 +39,7 @@ class Restored:
     data_state: Any  # JSON value, or None when the run saved no iterator position
 
 
-def open_manager(directory: str | pathlib.Path, *, snapshot_every: int,
+def open_manager(directory: str | paths.Path, *, snapshot_every: int,
                  async_save: bool = True, read_only: bool = False,
                  this_process_only: bool = False) -> ocp.CheckpointManager:
     """A CheckpointManager that keeps the newest checkpoint and every multiple of `snapshot_every`.
@@ -63,7 +62,7 @@ def open_manager(directory: str | pathlib.Path, *, snapshot_every: int,
         multiprocessing_options=ocp.options.MultiprocessingOptions(
             primary_host=jax.process_index(), active_processes={jax.process_index()})
         if this_process_only else ocp.options.MultiprocessingOptions())
-    return ocp.CheckpointManager(pathlib.Path(directory).absolute(), options=options,
+    return ocp.CheckpointManager(paths.resolve(directory), options=options,
                                  item_names=("state", "meta"))
 
 
@@ -119,16 +118,16 @@ def restore_latest(manager: ocp.CheckpointManager, target: Any, *, sharding: Any
     return None
 
 
-def _set_aside(manager: ocp.CheckpointManager, step: int) -> pathlib.Path:
+def _set_aside(manager: ocp.CheckpointManager, step: int) -> paths.Path:
     """Move a damaged checkpoint out of the manager's directory (kept for inspection, not deleted).
 
     Otherwise the resumed run could not write a new checkpoint at that step.
     """
-    src = pathlib.Path(manager.directory) / str(step)
+    src = paths.resolve(manager.directory) / str(step)
     dst = src.parent.with_name(src.parent.name + "-damaged") / f"{step}-{int(time.time())}"
     if jax.process_index() == 0:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        src.rename(dst)
+        paths.make_dir(dst.parent)
+        src.rename(dst)  # on a bucket a copy and delete per object: rare, and only of a damaged one
     multihost.sync_global_processes(f"set_aside_{step}")
     manager.reload()
     return dst
@@ -140,9 +139,9 @@ def restore_step(manager: ocp.CheckpointManager, step: int, target: Any, *,
     return _restore_step(manager, step, target, sharding)
 
 
-def snapshot_steps(directory: str | pathlib.Path) -> list[int]:
+def snapshot_steps(directory: str | paths.Path) -> list[int]:
     """Steps of the complete checkpoints under `directory`, ascending ([] if none)."""
-    path = pathlib.Path(directory)
+    path = paths.resolve(directory)
     if not path.is_dir():
         return []
     return sorted(ocp.utils.checkpoint_steps(path))
@@ -155,7 +154,7 @@ def restore_as_saved(manager: ocp.CheckpointManager, step: int) -> tuple[Any, An
     topology of the run that wrote the checkpoint.
     """
     device = jax.local_devices()[0]
-    path = pathlib.Path(manager.directory) / str(step)
+    path = paths.resolve(manager.directory) / str(step)
     with ocp.StandardCheckpointer() as checkpointer:
         metadata = checkpointer.metadata(path / "state")
         tree = getattr(metadata, "item_metadata", metadata)

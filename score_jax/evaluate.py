@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 import time
 from typing import Any, Callable, Mapping, Optional
 
@@ -25,7 +24,8 @@ import ml_collections
 import numpy as np
 
 from score_jax import checkpoints, coordination, datasets, dequantization, experiment, images
-from score_jax import likelihood, parallel, plots, reporting, safe_files, sample_quality, sample_rounds
+from score_jax import likelihood, parallel, paths, plots, reporting, safe_files, sample_quality
+from score_jax import sample_rounds
 from score_jax import workdir as workdir_lib
 from score_jax import workdir_lock
 from score_jax.errors import InvalidInputError, MissingFileError
@@ -137,7 +137,7 @@ def bits_per_dim(ctx: _Context, params, model_state, key) -> tuple[np.ndarray, i
     return np.stack(repeats), nfe
 
 
-def sample_and_score(ctx: _Context, params, model_state, out_dir: pathlib.Path, key,
+def sample_and_score(ctx: _Context, params, model_state, out_dir: paths.Path, key,
                      label: str) -> dict[str, Any]:
     """eval.num_samples samples per seed (eval.num_seeds), their grid and their quality scores.
 
@@ -175,21 +175,14 @@ def sample_and_score(ctx: _Context, params, model_state, out_dir: pathlib.Path, 
 # --------------------------------------------------------------------------- results files
 
 
-def _save_npz(path: pathlib.Path, results: Mapping[str, Any]) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez(tmp, **{k: np.asarray(v) for k, v in results.items()})
-    tmp.replace(path)
-
-
-def _write_summary(eval_dir: pathlib.Path) -> dict[str, Any]:
+def _write_summary(eval_dir: paths.Path) -> dict[str, Any]:
     """Rebuild summary.json (the scalars of every ckpt_<n>.npz) from the files in eval_dir."""
     summary = {}
     for f in sorted(eval_dir.glob("ckpt_*.npz"), key=lambda p: p.stem):
         d = safe_files.load_npz(f, "evaluation results")
         summary[f.stem] = {k: float(v) for k, v in d.items() if v.ndim == 0 and v.dtype.kind in "fiub"}
-    tmp = eval_dir / ".summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, sort_keys=True))
-    tmp.replace(eval_dir / "summary.json")
+    paths.write_bytes(eval_dir / "summary.json",
+                      json.dumps(summary, indent=2, sort_keys=True).encode())
     return summary
 
 
@@ -197,7 +190,7 @@ _PLOTTED = ("loss", "bpd", "fid", "fd_digits", "is", "is_digits", "kid", "precis
             "precision_digits", "recall_digits")
 
 
-def _plot_summary(path: pathlib.Path, summary: Mapping[str, Mapping[str, float]]) -> None:
+def _plot_summary(path: paths.Path, summary: Mapping[str, Mapping[str, float]]) -> None:
     """PNG of each evaluated quantity against the training step, one panel each."""
     entries = sorted((e for e in summary.values() if "step" in e), key=lambda e: e["step"])
     charts = []
@@ -209,7 +202,7 @@ def _plot_summary(path: pathlib.Path, summary: Mapping[str, Mapping[str, float]]
                                       series={name: (list(xs), list(ys))}, xlabel="step",
                                       ylabel=name, log_x=False, log_y=False))
     if charts:
-        plots.save_charts(str(path), charts)
+        plots.save_charts(path, charts)
 
 
 # --------------------------------------------------------------------------- driver
@@ -231,7 +224,7 @@ def _checkpoints_to_evaluate(config, manager) -> list[tuple[str, int]]:
 
 
 def evaluate_checkpoint(ctx: _Context, state, label: str, step: int,
-                        eval_dir: pathlib.Path) -> dict[str, Any]:
+                        eval_dir: paths.Path) -> dict[str, Any]:
     """All enabled evaluations of one training state; returns and saves its results."""
     ev, say = ctx.config.eval, ctx.reporter.message
     key = jax.random.fold_in(jax.random.PRNGKey(int(ctx.config.seed)), step)
@@ -261,8 +254,8 @@ def evaluate_checkpoint(ctx: _Context, state, label: str, step: int,
             f"{eval_dir / label} ({shown})")
     if parallel.is_main_process():
         if ctx.scorer is not None:
-            _save_npz(eval_dir / f"report_{label}.npz", quality)  # the official report file
-        _save_npz(eval_dir / f"{label}.npz", results)
+            paths.save_npz(eval_dir / f"report_{label}.npz", quality)  # the official report file
+        paths.save_npz(eval_dir / f"{label}.npz", results)
     return results
 
 
@@ -285,12 +278,12 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
         return _evaluate_into(ctx, path, eval_dir, init_from_official)
 
 
-def _evaluate_into(ctx: _Context, path: pathlib.Path, eval_dir: pathlib.Path,
+def _evaluate_into(ctx: _Context, path: paths.Path, eval_dir: paths.Path,
                    init_from_official: Optional[str]) -> dict[str, Any]:
     """`evaluate` once the workdir is checked: results under eval_dir; returns the summary."""
     config, exp, coord, reporter = ctx.config, ctx.exp, ctx.coord, ctx.reporter
     if parallel.is_main_process():
-        eval_dir.mkdir(exist_ok=True)
+        paths.make_dir(eval_dir)
     coord.barrier("eval_dir")
     if init_from_official:
         state = experiment.state_from_official(init_from_official,
@@ -307,7 +300,7 @@ def _evaluate_into(ctx: _Context, path: pathlib.Path, eval_dir: pathlib.Path,
     return summary
 
 
-def _evaluate_workdir(ctx: _Context, path: pathlib.Path, eval_dir: pathlib.Path) -> None:
+def _evaluate_workdir(ctx: _Context, path: paths.Path, eval_dir: paths.Path) -> None:
     """Evaluate every requested checkpoint of path/checkpoints not yet in eval_dir."""
     config = ctx.config
     manager = checkpoints.open_manager(path / "checkpoints",

@@ -9,7 +9,6 @@ except the data sets (and an official checkpoint or a trained classifier when as
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import jax
@@ -17,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from score_jax import checkpoints, datasets, losses, optim, parallel, sampling, train_state
+from score_jax import checkpoints, datasets, losses, optim, parallel, paths, sampling, train_state
 from score_jax import sde as sde_lib
 from score_jax.errors import InvalidInputError, MissingFileError
 from score_jax.models import classifier as classifier_models
@@ -232,12 +231,12 @@ def classifier_optimizer(config: Config):
     return optim.get_optimizer("Adam", lr=float(config.classifier.lr))
 
 
-def classifier_dir(workdir: pathlib.Path) -> pathlib.Path:
+def classifier_dir(workdir: paths.Path) -> paths.Path:
     """Where the classifier of a workdir is kept."""
     return workdir / "classifier" / "checkpoints"
 
 
-def restore_classifier(config: Config, workdir: pathlib.Path) -> tuple[Any, Any]:
+def restore_classifier(config: Config, workdir: paths.Path) -> tuple[Any, Any]:
     """(model, EMA parameters) of the classifier trained in workdir (this process only)."""
     model = get_classifier(config)
     manager = checkpoints.open_manager(classifier_dir(workdir), snapshot_every=1, read_only=True,

@@ -11,14 +11,14 @@ of every batch and writes them under the workdir; process 0 joins them in data-s
 from __future__ import annotations
 
 import os
-import pathlib
 from typing import Optional
 
 import jax
 import ml_collections
 import numpy as np
 
-from score_jax import coordination, datasets, experiment, images, parallel, reporting, safe_files
+from score_jax import coordination, datasets, experiment, images, parallel, paths, reporting
+from score_jax import safe_files
 from score_jax import sample_quality
 from score_jax import workdir as workdir_lib
 from score_jax import workdir_lock
@@ -49,7 +49,7 @@ def fid_stats(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     path = workdir_lib.prepare(workdir, barrier=coord.barrier) / "fid_stats"
     with workdir_lock.claim(path.parent, "fid_stats", mode="fid_stats"):
         if parallel.is_main_process():
-            path.mkdir(exist_ok=True)
+            paths.make_dir(path)
         coord.barrier("fid_stats_dir")
         reporter = reporting.Reporter(enabled=parallel.is_main_process())
         parts, masks = [], []
@@ -60,7 +60,7 @@ def fid_stats(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
                 masks.append(batch["mask"])
                 bar.update(1)
         local = path / f"features_p{jax.process_index()}.npz"
-        np.savez(local, features=np.stack(parts), mask=np.stack(masks))
+        paths.save_npz(local, {"features": np.stack(parts), "mask": np.stack(masks)})
         coord.barrier("fid_stats_features")
         if not parallel.is_main_process():
             return None
@@ -73,4 +73,4 @@ def fid_stats(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
         reporter.message(f"reference statistics of {stats.pool_3.shape[0]} {split} examples "
                          f"({sample_quality.feature_net(config)} features, {stats.pool_3.shape[1]}-d) "
                          f"-> {out}")
-        return str(pathlib.Path(out).absolute())
+        return str(paths.resolve(out))

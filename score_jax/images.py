@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import io
 import math
-import pathlib
+import os
 
 import numpy as np
 from PIL import Image
+from score_jax import paths
 from score_jax.errors import InvalidInputError
 
 
@@ -48,18 +49,13 @@ def png_bytes(grid: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def save_samples(directory: str | pathlib.Path, name: str, samples: np.ndarray) -> pathlib.Path:
+def save_samples(directory: str | os.PathLike, name: str, samples: np.ndarray) -> paths.Path:
     """Write `<name>.png` (a grid) and `<name>.npz` (uint8 `samples` [N, H, W, C]); returns the PNG path.
 
-    Both files are written to a temporary name and renamed, so a reader never sees half a file.
+    Both are written whole (score_jax.paths), so a reader never sees half a file, on a bucket too.
     """
-    directory = pathlib.Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = paths.make_dir(directory)
     png = directory / f"{name}.png"
-    tmp = directory / f".{name}.png.tmp"
-    tmp.write_bytes(png_bytes(image_grid(samples)))
-    tmp.replace(png)
-    tmp_npz = directory / f".{name}.tmp.npz"
-    np.savez_compressed(tmp_npz, samples=to_uint8(samples))
-    tmp_npz.replace(directory / f"{name}.npz")
+    paths.write_bytes(png, png_bytes(image_grid(samples)))
+    paths.save_npz(directory / f"{name}.npz", {"samples": to_uint8(samples)}, compressed=True)
     return png

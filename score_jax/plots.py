@@ -8,10 +8,14 @@ a log axis), one coloured polyline with markers per series, dashed horizontal re
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
+import os
 from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
+
+from score_jax import paths
 
 COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
           "#7f7f7f", "#bcbd22", "#17becf", "#aec7e8", "#98df8a"]
@@ -110,12 +114,14 @@ def _draw_panel(draw: ImageDraw.ImageDraw, chart: Chart, x0: int, font) -> None:
         draw.text((right - 130, y), label, fill="black", font=font)
 
 
-def save_charts(path: str, charts: Sequence[Chart]) -> None:
-    """Write the charts side by side into one PNG at `path`."""
+def save_charts(path: str | os.PathLike, charts: Sequence[Chart]) -> None:
+    """Write the charts side by side into one PNG at `path` (local or gs://)."""
     w, h = _PANEL
     image = Image.new("RGB", (w * len(charts), h), "white")
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default()
     for i, chart in enumerate(charts):
         _draw_panel(draw, chart, i * w, font)
-    image.save(path)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    paths.write_bytes(path, buf.getvalue())

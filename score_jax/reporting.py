@@ -5,12 +5,16 @@ Only the main process reports; elsewhere every call is a no-op, so the loops nee
 
 from __future__ import annotations
 
-import pathlib
+import os
+import socket
+import struct
 import sys
 import time
 from typing import Mapping, Optional
 
 import numpy as np
+
+from score_jax import paths
 
 
 class Progress:
@@ -46,36 +50,55 @@ class Progress:
 
 
 class _EventFile:
-    """TensorBoard scalars written and flushed in the caller's thread.
+    """TensorBoard scalars written and flushed in the caller's thread, as whole files.
 
     tensorboardX's SummaryWriter writes from a background thread, so a full or read-only disk
     surfaced there as a thread's trace and again in an atexit hook; written here, the OSError
-    reaches the training loop, which stops with one line.
+    reaches the training loop, which stops with one line. A bucket has no append, so each flush
+    rewrites the current file whole (score_jax.paths.write_bytes); past `roll_bytes` the next
+    events go to a new file, which keeps a rewrite small. TensorBoard reads the files of a folder in
+    name order, one after another.
     """
 
-    def __init__(self, logdir: str | pathlib.Path):
-        from tensorboardX.event_file_writer import EventsWriter  # only a main process needs it
+    def __init__(self, logdir: str | os.PathLike, roll_bytes: int = 1 << 20):
+        from tensorboardX.proto import event_pb2  # only a main process needs tensorboardX
 
-        pathlib.Path(logdir).mkdir(parents=True, exist_ok=True)
-        self._events = EventsWriter(str(pathlib.Path(logdir) / "events"))
+        self._dir = paths.make_dir(logdir)
+        self._prefix = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}"
+        self._roll_bytes, self._part, self._records = roll_bytes, 0, bytearray()
+        self._records += self._frame(event_pb2.Event(wall_time=time.time(),
+                                                     file_version="brain.Event:2"))
+        self._flush()  # a workdir that cannot take the file fails here, before any training
+
+    @staticmethod
+    def _frame(event) -> bytes:
+        from tensorboardX.record_writer import masked_crc32c
+
+        # TFRecord framing: length, its masked CRC32C, the data, the data's masked CRC32C.
+        data = event.SerializeToString()
+        header = struct.pack("<Q", len(data))
+        return (header + struct.pack("<I", masked_crc32c(header))
+                + data + struct.pack("<I", masked_crc32c(data)))
 
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
         from tensorboardX import summary
         from tensorboardX.proto import event_pb2
 
         for name, value in values.items():
-            self._events.write_event(event_pb2.Event(
+            self._records += self._frame(event_pb2.Event(
                 wall_time=time.time(), step=int(step), summary=summary.scalar(name, value)))
-        self._events.flush()
+        self._flush()
 
-    def close(self) -> None:
-        self._events.close()
+    def _flush(self) -> None:
+        paths.write_bytes(self._dir / f"{self._prefix}.{self._part:04d}", bytes(self._records))
+        if len(self._records) >= self._roll_bytes:
+            self._part, self._records = self._part + 1, bytearray()
 
 
 class Reporter:
     """Messages, progress bars and (with a `logdir`) TensorBoard; `enabled=False`: all no-ops."""
 
-    def __init__(self, logdir: Optional[str | pathlib.Path] = None, *, enabled: bool = True):
+    def __init__(self, logdir: Optional[str | os.PathLike] = None, *, enabled: bool = True):
         self.enabled = enabled
         self._writer = None
         self._last_step, self._last_time = 0, time.perf_counter()
@@ -112,7 +135,5 @@ class Reporter:
         sys.stdout.flush()
 
     def close(self) -> None:
-        """Flush and close the TensorBoard writer."""
-        if self._writer is not None:
-            writer, self._writer = self._writer, None
-            writer.close()
+        """Stop writing TensorBoard scalars (each `scalars` call already wrote its file whole)."""
+        self._writer = None

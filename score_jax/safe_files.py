@@ -23,6 +23,7 @@ from typing import Any, BinaryIO, Iterator, Mapping
 
 import numpy as np
 
+from score_jax import paths
 from score_jax.errors import InvalidInputError, MissingFileError, UserError
 
 # Numeric array kinds: bool, signed, unsigned, float, complex. Object ('O') arrays hold pickles.
@@ -57,9 +58,9 @@ def reading(path: str | os.PathLike, what: str) -> Iterator[None]:
 
 
 def require_file(path: str | os.PathLike, what: str) -> str:
-    """`path` as a string; MissingFileError naming `what` unless it is an existing file."""
+    """`path` (local or gs://) as a string; MissingFileError naming `what` unless it is a file."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if not paths.resolve(path).is_file():
         raise MissingFileError(f"{what} {path!r} does not exist (or is not a file).")
     return path
 
@@ -150,7 +151,7 @@ def load_npz(path: str | os.PathLike, what: str) -> dict[str, np.ndarray]:
     path = require_file(path, what)
     with reading(path, what):
         try:
-            with zipfile.ZipFile(path) as archive:
+            with paths.resolve(path).open("rb") as f, zipfile.ZipFile(f) as archive:
                 out = {}
                 for info in archive.infolist():
                     name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
@@ -171,7 +172,7 @@ def open_image(path: str | os.PathLike, what: str) -> np.ndarray:
     with reading(path, what), warnings.catch_warnings():
         # Images far larger than any data set's are refused rather than decoded (PIL's bomb check).
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as image:
+        with paths.resolve(path).open("rb") as f, Image.open(f) as image:
             image.load()
             if image.mode not in ("L", "RGB", "RGBA", "LA", "P", "1"):
                 raise DamagedFileError(f"{what} {path!r} has PIL mode {image.mode}; expected 8-bit "
@@ -186,8 +187,7 @@ def read_msgpack(path: str | os.PathLike, what: str) -> Any:
     from flax import serialization
 
     path = require_file(path, what)
-    with open(path, "rb") as f:
-        data = f.read()
+    data = paths.resolve(path).read_bytes()
     try:
         return serialization.msgpack_restore(data)
     except Exception as err:  # noqa: BLE001 - whatever msgpack or numpy raise on hostile bytes

@@ -15,7 +15,6 @@ writes it under the output folder; process 0 assembles the results.
 from __future__ import annotations
 
 import os
-import pathlib
 from typing import Any, Callable, Optional
 
 import jax
@@ -24,7 +23,7 @@ import ml_collections
 import numpy as np
 
 from score_jax import checkpoints, controllable, coordination, datasets, experiment, images
-from score_jax import parallel, reporting, safe_files, sample_rounds, sampling
+from score_jax import parallel, paths, reporting, safe_files, sample_rounds, sampling
 from score_jax import workdir as workdir_lib
 from score_jax import workdir_lock
 from score_jax.errors import InvalidInputError, MissingFileError
@@ -36,7 +35,7 @@ _SAMPLE_STREAM = 0x5A3D
 # --------------------------------------------------------------------------- inputs
 
 
-def _read_folder(path: pathlib.Path) -> np.ndarray:
+def _read_folder(path: paths.Path) -> np.ndarray:
     files = sorted(p for p in path.iterdir() if p.suffix.lower() == ".png")
     if not files:
         raise MissingFileError(f"sample.input: {path} holds no .png file.")
@@ -51,7 +50,7 @@ def _read_folder(path: pathlib.Path) -> np.ndarray:
 
 def read_images(path: str) -> np.ndarray:
     """uint8 images [N, H, W, C] from an .npz ('images' or 'samples') or a folder of PNGs."""
-    p = pathlib.Path(path).expanduser()
+    p = paths.resolve(path)
     if p.is_dir():
         return _read_folder(p)
     if not p.is_file():
@@ -90,12 +89,12 @@ def _mask(config: ml_collections.ConfigDict, shape: tuple[int, ...], key) -> np.
     kind = config.sample.mask
     if kind in controllable.MASK_KINDS:
         return controllable.make_mask(kind, shape, key, fraction=float(config.sample.mask_fraction))
-    if kind.endswith(".npz") and os.path.isfile(kind):
+    if kind.endswith(".npz") and paths.resolve(kind).is_file():
         d = safe_files.load_npz(kind, "sample.mask")
         if not d:
             raise InvalidInputError(f"sample.mask: {kind} holds no array.")
         mask = d["mask"] if "mask" in d else d[sorted(d)[0]]
-    elif kind.endswith(".png") and os.path.isfile(kind):
+    elif kind.endswith(".png") and paths.resolve(kind).is_file():
         mask = safe_files.open_image(kind, "sample.mask")
         mask = mask[..., None] if mask.ndim == 2 else mask[..., :shape[-1]]
     else:
@@ -168,7 +167,7 @@ def _interpolate(config, exp, score_fn, x, back) -> dict[str, np.ndarray]:
 # --------------------------------------------------------------------------- driver
 
 
-def _restore(config, exp, workdir: pathlib.Path):
+def _restore(config, exp, workdir: paths.Path):
     manager = checkpoints.open_manager(workdir / "checkpoints",
                                        snapshot_every=config.training.snapshot_freq,
                                        read_only=True, this_process_only=True)
@@ -200,19 +199,17 @@ def _grid(result: dict[str, np.ndarray], task: str) -> np.ndarray:
     return rows.reshape((-1,) + rows.shape[2:]), 3
 
 
-def _write(out_dir: pathlib.Path, result: dict[str, np.ndarray], task: str) -> pathlib.Path:
+def _write(out_dir: paths.Path, result: dict[str, np.ndarray], task: str) -> paths.Path:
     tiles, ncol = _grid(result, task)
     png = out_dir / "grid.png"
-    tmp = out_dir / ".grid.png.tmp"
-    tmp.write_bytes(images.png_bytes(images.image_grid(tiles, ncol=ncol)))
-    tmp.replace(png)
-    np.savez(out_dir / "result.npz", **{k: images.to_uint8(v) if k != "mask" else v
-                                        for k, v in result.items()})
+    paths.write_bytes(png, images.png_bytes(images.image_grid(tiles, ncol=ncol)))
+    paths.save_npz(out_dir / "result.npz", {k: images.to_uint8(v) if k != "mask" else v
+                                            for k, v in result.items()})
     return png
 
 
 def sample(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
-           coordinator: Optional[coordination.Coordinator] = None) -> Optional[pathlib.Path]:
+           coordinator: Optional[coordination.Coordinator] = None) -> Optional[paths.Path]:
     """Run config.sample.task on the checkpoint of workdir; returns the grid's path (process 0)."""
     task = config.sample.task
     if task not in TASKS:
@@ -228,7 +225,7 @@ def sample(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     with workdir_lock.claim(path, workdir_lib.role_name("sample", f"{config.sample.folder}/{task}"),
                             mode="sample"), workdir_lib.stop_on_write_failure(path, kept):
         if parallel.is_main_process():
-            out_dir.mkdir(parents=True, exist_ok=True)
+            paths.make_dir(out_dir)
         coord.barrier("sample_dir")
         key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(int(config.seed)),
                                                     _SAMPLE_STREAM), step)
@@ -256,20 +253,20 @@ def sample(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
         return png
 
 
-def _batched(run, inputs: np.ndarray, key, out_dir: pathlib.Path, batch_size: int, coord,
+def _batched(run, inputs: np.ndarray, key, out_dir: paths.Path, batch_size: int, coord,
              reporter, task: str) -> Optional[dict[str, np.ndarray]]:
     """run on every batch of inputs (batch b on process b % P), results joined on process 0."""
     count, index = jax.process_count(), jax.process_index()
     parts = out_dir / "parts"
     if index == 0:
-        parts.mkdir(exist_ok=True)
+        paths.make_dir(parts)
     coord.barrier("sample_parts")
     n_batches = -(-inputs.shape[0] // batch_size)
     mine = [b for b in range(n_batches) if b % count == index]
     with reporter.progress(len(mine), desc=task, unit="batch") as bar:
         for b in mine:
             out = run(jax.random.fold_in(key, b), inputs[b * batch_size:(b + 1) * batch_size])
-            np.savez(parts / f"batch_{b}.npz", **out)
+            paths.save_npz(parts / f"batch_{b}.npz", out)
             bar.update(1)
     coord.barrier("sample_done")
     if index != 0:
@@ -315,6 +312,6 @@ def _conditional(config, exp, params, model_state, workdir, out_dir, key, coord,
         extra["agreement"] = float(np.mean(predicted == result["labels"]))
         reporter.message(f"conditional: the digits classifier labels {extra['agreement']:.1%} of "
                          f"the samples as the class asked for")
-    np.savez(out_dir / "result.npz", samples=samples, labels=result["labels"], **extra)
+    paths.save_npz(out_dir / "result.npz", {"samples": samples, "labels": result["labels"], **extra})
     reporter.message(f"conditional: {n} samples (scale {config.sample.scale}) -> {png}")
     return png

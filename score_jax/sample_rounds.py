@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import pathlib
 from typing import Callable, Optional
 
 import jax
 import numpy as np
 
-from score_jax import coordination, images, reporting, safe_files
+from score_jax import coordination, images, paths, reporting, safe_files
 
 # sample(key, n) -> (images [n, H, W, C] in [0, 1] on the host, nfe)
 DrawFn = Callable[[jax.Array, int], tuple[np.ndarray, int]]
@@ -35,25 +34,19 @@ class Drawn:
     nfe: int  # score evaluations per sample of the sampler (the largest over rounds)
 
 
-def _save(path: pathlib.Path, arrays: dict) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
-
-
 def _share(n: int, count: int, index: int) -> int:
     """Samples of a round of n that process `index` of `count` draws."""
     return n // count + (1 if index < n % count else 0)
 
 
-def draw_rounds(draw: DrawFn, key: jax.Array, out_dir: pathlib.Path, *, total: int,
+def draw_rounds(draw: DrawFn, key: jax.Array, out_dir: paths.Path, *, total: int,
                 per_round: int, coord: coordination.Coordinator, reporter: reporting.Reporter,
                 features: Optional[FeatureFn] = None, desc: str = "samples") -> Optional[Drawn]:
     """Draw `total` samples in rounds of `per_round` over all processes; Drawn on process 0."""
     count, index = jax.process_count(), jax.process_index()
     rounds_dir = out_dir / "rounds"
     if index == 0:
-        rounds_dir.mkdir(parents=True, exist_ok=True)
+        paths.make_dir(rounds_dir)
     coord.barrier(f"{desc}_dir")
     n_rounds = math.ceil(total / per_round)
     with reporter.progress(n_rounds, desc=desc, unit="round") as bar:
@@ -65,7 +58,7 @@ def draw_rounds(draw: DrawFn, key: jax.Array, out_dir: pathlib.Path, *, total: i
                 arrays = {"samples": images.to_uint8(x), "nfe": nfe}
                 if features is not None:
                     arrays["features"], arrays["logits"] = features(arrays["samples"])
-                _save(path, arrays)
+                paths.save_npz(path, arrays)
             bar.update(1)
     coord.barrier(f"{desc}_written")
     if index != 0:
@@ -73,10 +66,13 @@ def draw_rounds(draw: DrawFn, key: jax.Array, out_dir: pathlib.Path, *, total: i
     parts: dict[str, list] = {"samples": [], "features": [], "logits": [], "nfe": []}
     for r in range(n_rounds):
         for p in range(count):
+            # Which files exist follows from the shares, not from a listing: a bucket client's
+            # cached listing could miss a file another process has just written.
+            if _share(min(per_round, total - r * per_round), count, p) == 0:
+                continue
             path = rounds_dir / f"round_{r}_p{p}.npz"
-            if path.exists():
-                for name, value in safe_files.load_npz(path, "sample round").items():
-                    parts[name].append(value)
+            for name, value in safe_files.load_npz(path, "sample round").items():
+                parts[name].append(value)
     cat = lambda name: np.concatenate(parts[name]) if parts[name] else None  # noqa: E731
     return Drawn(cat("samples"), cat("features"), cat("logits"),
                  max(int(v) for v in parts["nfe"]))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import pathlib
 import signal
 import threading
 import time
@@ -26,7 +25,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from score_jax import checkpoints, datasets, experiment, images, parallel, reporting
-from score_jax import sample_quality, train_state
+from score_jax import paths, sample_quality, train_state
 from score_jax import workdir as workdir_lib
 from score_jax import workdir_lock
 from score_jax.errors import InvalidInputError, NonFiniteError
@@ -115,7 +114,7 @@ class _Run:
     """What the loop uses, built once by `train`."""
 
     config: ml_collections.ConfigDict
-    workdir: pathlib.Path
+    workdir: paths.Path
     mesh: Any
     steps: CompiledSteps
     data: datasets.TrainIterator
@@ -278,7 +277,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     return loop.step
 
 
-def _what_is_kept(directory: pathlib.Path) -> str:
+def _what_is_kept(directory: paths.Path) -> str:
     """One sentence on the complete checkpoints left in `directory` (after a failed write)."""
     steps = checkpoints.snapshot_steps(directory)
     if not steps:

@@ -2,6 +2,7 @@
 
 Layout (every mode writes under it): `checkpoints/` (orbax), `tensorboard/`, `samples/iter_<step>/`,
 `<eval_folder>/` (evaluation results), `<sample_folder>/` (the `sample` mode).
+It may be local or in a bucket (`gs://bucket/run`): every access goes through score_jax.paths.
 """
 
 from __future__ import annotations
@@ -9,44 +10,48 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import pathlib
 import re
 from typing import Callable, Iterator, Optional
 
 import jax
 
-from score_jax import parallel
+from score_jax import parallel, paths
 from score_jax.errors import InvalidInputError, MissingFileError, NotWritableError
 
 
-def resolve(workdir: str | os.PathLike) -> pathlib.Path:
-    """The workdir as an absolute path (~ expanded); no file-system access."""
-    return pathlib.Path(workdir).expanduser().absolute()
+def resolve(workdir: str | os.PathLike) -> paths.Path:
+    """The workdir as an absolute path (~ expanded) or a bucket URI; no file-system access."""
+    return paths.resolve(workdir)
 
 
 def prepare(workdir: str | os.PathLike,
-            barrier: Callable[[str], None] = parallel.sync) -> pathlib.Path:
+            barrier: Callable[[str], None] = parallel.sync) -> paths.Path:
     """Create the workdir if needed and check it is writable (process 0); never removes anything.
 
     `barrier(name)` makes the other processes wait for process 0 (a coordination barrier in the
     modes that use no XLA collectives).
     """
     path = resolve(workdir)
-    if path.exists() and not path.is_dir():
+    if path.is_file():
         raise InvalidInputError(f"--workdir: {path} exists and is not a directory; choose another "
                                 f"path.")
-    if not path.parent.is_dir():
+    # A bucket has no directories to check: the write probe below finds a missing bucket.
+    if not paths.is_remote(path) and not path.parent.is_dir():
         raise MissingFileError(f"--workdir: the parent directory {path.parent} does not exist; "
                                f"create it first or choose another workdir.")
     if jax.process_index() == 0:
         try:
-            path.mkdir(exist_ok=True)
+            if not paths.is_remote(path):
+                path.mkdir(exist_ok=True)
             probe = path / f".write_probe_{os.getpid()}"
             probe.write_bytes(b"")
             probe.unlink()
-        except OSError as e:  # EACCES, EPERM, EROFS: all mean "cannot write here"
-            raise NotWritableError(f"--workdir: {path} is not writable ({e.strerror}); choose a "
-                                   f"directory you can write to.") from None
+        except OSError as e:  # EACCES, EPERM, EROFS, a missing bucket: "cannot write here"
+            why = e.strerror or (  # gcsfs words a missing bucket as the upload URL it tried
+                "the bucket does not exist" if isinstance(e, FileNotFoundError)
+                else f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
+            raise NotWritableError(f"--workdir: {path} is not writable ({why}); choose a "
+                                   f"directory or bucket you can write to.") from None
     barrier("workdir")
     return path
 
@@ -56,7 +61,7 @@ def role_name(kind: str, folder: str) -> str:
     return f"{kind}-" + "".join(c if c.isalnum() or c in "-_." else "_" for c in folder)
 
 
-def require_checkpoints(workdir: str | os.PathLike) -> pathlib.Path:
+def require_checkpoints(workdir: str | os.PathLike) -> paths.Path:
     """The workdir of a training run; raises unless it holds a checkpoints/ directory."""
     path = resolve(workdir)
     if not (path / "checkpoints").is_dir():
@@ -87,7 +92,7 @@ def write_failure(error: BaseException) -> Optional[str]:
 
 
 @contextlib.contextmanager
-def stop_on_write_failure(path: pathlib.Path, done: Callable[[], str]) -> Iterator[None]:
+def stop_on_write_failure(path: paths.Path, done: Callable[[], str]) -> Iterator[None]:
     """Turn a full, read-only or forbidden disk under `path` into one NotWritableError.
 
     `done()` says what the workdir still holds (e.g. the newest complete checkpoint); it is called

@@ -28,8 +28,8 @@ import uuid
 from typing import Iterator, Optional
 
 import jax
-from etils import epath
 
+from score_jax import paths
 from score_jax.errors import UserError
 
 LEASE_S = 60.0
@@ -60,7 +60,7 @@ def _pid_alive(pid: int, start: Optional[str]) -> bool:
     return start is None or _start_time(pid) in (None, start)
 
 
-def _read(path: epath.Path) -> Optional[dict]:
+def _read(path: paths.Path) -> Optional[dict]:
     """The lock's content; None if there is none or it is not a lock (a torn or foreign file)."""
     try:
         value = json.loads(path.read_text())
@@ -83,14 +83,12 @@ def _describe(lock: dict) -> str:
             f"process(es), heartbeat {age:.0f} s ago; command: {lock.get('command', '?')})")
 
 
-def _write(path: epath.Path, lock: dict) -> None:
-    tmp = path.parent / f".{path.name}.{lock['job']}.tmp"
-    tmp.write_text(json.dumps(lock))
-    tmp.replace(path)
+def _write(path: paths.Path, lock: dict) -> None:
+    paths.write_bytes(path, json.dumps(lock).encode())
 
 
 class _Heartbeat(threading.Thread):
-    def __init__(self, path: epath.Path, lock: dict, beat_s: float):
+    def __init__(self, path: paths.Path, lock: dict, beat_s: float):
         super().__init__(daemon=True, name="score_jax-workdir-lock")
         self.path, self.lock, self.beat_s = path, lock, beat_s
         self.stop = threading.Event()
@@ -101,9 +99,11 @@ class _Heartbeat(threading.Thread):
             if current is not None and current["job"] != self.lock["job"]:
                 return  # taken over (this job looked dead); the other job owns it now
             self.lock["heartbeat"] = time.time()
+            # A full disk, or a bucket refusing the write (gcsfs raises its own HttpError, not an
+            # OSError): the job itself reports that.
             try:
                 _write(self.path, self.lock)
-            except OSError:  # a full or read-only disk: the job itself reports that
+            except Exception:  # noqa: BLE001
                 return
 
 
@@ -118,8 +118,7 @@ def claim(workdir: os.PathLike | str, role: str, *, mode: str, lease_s: float = 
     if jax.process_index() != 0:
         yield
         return
-    path = epath.Path(workdir) / ".locks" / f"{role}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = paths.make_dir(paths.resolve(workdir) / ".locks") / f"{role}.json"
     host = socket.gethostname()
     held = _read(path)
     if held is not None and _live(held, host, lease_s):

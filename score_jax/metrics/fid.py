@@ -10,13 +10,12 @@ here add `mu` [2048] and `sigma` [2048, 2048] so FID needs no pass over the feat
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
 from typing import NamedTuple
 
 import numpy as np
 
-from score_jax import safe_files
+from score_jax import paths, safe_files
 from score_jax.errors import InvalidInputError, MissingFileError
 
 
@@ -219,18 +218,13 @@ def stats_path(assets_dir: str | os.PathLike, name: str) -> str:
 def save_reference_stats(path: str | os.PathLike, pool_3: np.ndarray) -> ReferenceStats:
     """Writes features [N, D] as `pool_3` (official layout) plus `mu`, `sigma`; returns them.
 
-    Written to a temporary name first and renamed, so a killed run leaves no half file.
+    Written whole (score_jax.paths; local or gs://), so a killed run leaves no half file.
     """
     feats = np.asarray(pool_3, np.float32)
     mu, sigma = mean_cov(feats)
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, pool_3=feats, mu=mu, sigma=sigma)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(buffer.getvalue())
-    os.replace(tmp, path)
+    path = paths.resolve(path)
+    paths.make_dir(path.parent)
+    paths.save_npz(path, {"pool_3": feats, "mu": mu, "sigma": sigma}, compressed=True)
     return ReferenceStats(feats, mu, sigma)
 
 
@@ -241,8 +235,7 @@ def load_reference_stats(path: str | os.PathLike) -> ReferenceStats:
       MissingFileError: no file at `path`.
       InvalidInputError: the file has neither `pool_3` nor `mu` and `sigma`.
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
+    if not paths.resolve(path).is_file():
         raise MissingFileError(
             f"reference statistics not found at {path!r}: compute them with "
             "`python main.py --mode fid_stats --config <config>` (or copy the official "

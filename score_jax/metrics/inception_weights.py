@@ -26,6 +26,7 @@ from typing import Any, BinaryIO, Callable, NamedTuple
 import jax
 import numpy as np
 
+from score_jax import paths
 from score_jax.errors import InvalidInputError, MissingFileError
 from score_jax.metrics import weights_cache
 from score_jax.safe_files import (BYTES_GLOBALS, DamagedFileError, RestrictedUnpickler,
@@ -126,9 +127,9 @@ def _check_state_dict(result: Any, path: str) -> dict[str, Any]:
     return dict(result)
 
 
-def _load_zip_pth(path: str) -> dict[str, np.ndarray]:
+def _load_zip_pth(data: bytes, path: str) -> dict[str, np.ndarray]:
     """State dict of a torch zip checkpoint: `<dir>/data.pkl` plus storages `<dir>/data/<key>`."""
-    with zipfile.ZipFile(path) as archive:
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
         pkl = [n for n in archive.namelist() if n.endswith("data.pkl")]
         if len(pkl) != 1:
             raise DamagedFileError(
@@ -152,11 +153,10 @@ def _plain_record(f: BinaryIO, path: str) -> Any:
     return RestrictedUnpickler(f, {}, path=path, what=_WHAT).load()
 
 
-def _load_legacy_pth(path: str) -> dict[str, np.ndarray]:
+def _load_legacy_pth(data: bytes, path: str) -> dict[str, np.ndarray]:
     """State dict of a torch checkpoint in the pre-1.6 stream layout (storages after the pickle)."""
-    with open(path, "rb") as file:
-        # In memory: a damaged length field then reads what is there instead of allocating it.
-        f, size = io.BytesIO(file.read()), os.path.getsize(path)
+    # In memory: a damaged length field then reads what is there instead of allocating it.
+    f, size = io.BytesIO(data), len(data)
     with f:
         if _plain_record(f, path) != _LEGACY_MAGIC:
             raise DamagedFileError(f"{path}: not a torch checkpoint (no zip, no legacy magic)")
@@ -202,7 +202,9 @@ def load_pth(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """
     path = require_file(path, _WHAT)
     with reading(path, _WHAT):
-        state_dict = _load_zip_pth(path) if zipfile.is_zipfile(path) else _load_legacy_pth(path)
+        data = paths.resolve(path).read_bytes()  # local or gs://
+        load = _load_zip_pth if zipfile.is_zipfile(io.BytesIO(data)) else _load_legacy_pth
+        state_dict = load(data, path)
         check_numeric_tree(state_dict, path, _WHAT)
         return state_dict
 
@@ -223,8 +225,9 @@ def _port_globals() -> dict[tuple[str, str], Any]:
 def load_port_pickle(path: str | os.PathLike) -> dict:
     """The nested dict of numpy arrays in a jax-fid / fidjax weights pickle; nothing else admitted."""
     path = require_file(path, _WHAT)
-    with reading(path, _WHAT), open(path, "rb") as file:
-        tree = RestrictedUnpickler(io.BytesIO(file.read()), _port_globals(), path=path, what=_WHAT).load()
+    with reading(path, _WHAT):
+        tree = RestrictedUnpickler(io.BytesIO(paths.resolve(path).read_bytes()), _port_globals(),
+                                   path=path, what=_WHAT).load()
         check_numeric_tree(tree, path, _WHAT)
         return tree
 
@@ -362,7 +365,7 @@ def load_inception_params(path: str | os.PathLike) -> dict:
       InvalidInputError: the file is not one of the accepted formats, is damaged, or lacks layers.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if not paths.resolve(path).is_file():
         raise MissingFileError(missing_weights_message(path))
     if path.endswith((".pickle", ".pkl")):
         tree, convert = load_port_pickle(path), convert_port_pickle
