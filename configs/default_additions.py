@@ -13,7 +13,8 @@ def add_fast_sampler_fields(sampling: ml_collections.ConfigDict) -> None:
     'adaptive_sde' uses `nfe` score evaluations (denoising included; the budget of 'adaptive_sde')
     and the options below, '' or 0 meaning the solver's own default: order, dpm_method ('singlestep' |
     'multistep'), skip_type ('logSNR' | 'time_uniform' | 'time_quadratic' | 'edm'), eta (DDIM),
-    s_churn (EDM), rel_tol / abs_tol (adaptive_sde).
+    s_churn, s_tmin, s_tmax, s_noise (EDM's stochastic sampler, Algorithm 2: churn only at noise
+    levels in [s_tmin, s_tmax]), rel_tol / abs_tol (adaptive_sde).
     """
     sampling.nfe = 20
     sampling.order = 0
@@ -21,8 +22,26 @@ def add_fast_sampler_fields(sampling: ml_collections.ConfigDict) -> None:
     sampling.skip_type = ''
     sampling.eta = 0.0
     sampling.s_churn = 0.0
+    sampling.s_tmin = 0.0
+    sampling.s_tmax = 0.0
+    sampling.s_noise = 0.0
     sampling.rel_tol = 0.0
     sampling.abs_tol = 0.0
+
+
+def add_edm_fields(config: ml_collections.ConfigDict) -> None:
+    """EDM's formulation (score_jax/edm.py, docs/training.md "EDM"); off by default.
+
+    model.preconditioning: 'none' (the official conventions) or 'edm' (the network is F of
+    D = c_skip x + c_out F(c_in x, ln(sigma) / 4), for data of std model.sigma_data; VE SDE only).
+    training.loss: '' (the official choice by SDE and training.continuous) or 'edm' (ln sigma ~
+    N(training.p_mean, training.p_std^2), weighted by lambda(sigma) = 1 / c_out^2).
+    """
+    config.model.preconditioning = 'none'
+    config.model.sigma_data = 0.5
+    config.training.loss = ''
+    config.training.p_mean = -1.2
+    config.training.p_std = 1.2
 
 
 def add_sample_section(config: ml_collections.ConfigDict, *, num: int, scale: float) -> None:

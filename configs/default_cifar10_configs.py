@@ -130,4 +130,6 @@ def get_default_configs() -> ml_collections.ConfigDict:
     optim.grad_clip = 1.
 
     config.seed = 42
+    # score_jax: EDM's preconditioning and loss (off).
+    default_additions.add_edm_fields(config)
     return config

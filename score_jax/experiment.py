@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from score_jax import checkpoints, datasets, losses, optim, parallel, paths, sampling, train_state
+from score_jax import (checkpoints, datasets, edm, losses, optim, parallel, paths, sampling,
+                       train_state)
 from score_jax import sde as sde_lib
 from score_jax.errors import InvalidInputError, MissingFileError
 from score_jax.models import classifier as classifier_models
@@ -30,7 +31,8 @@ SAMPLING_METHODS = ("pc", "ode") + tuple(sampling.FAST_SOLVERS)
 # Config fields of the few-step solvers (sampling.<field>) -> fast_sample option; an empty value
 # ('' or 0) keeps the solver's own default.
 _FAST_OPTIONS = {"order": "order", "dpm_method": "method", "skip_type": "skip_type", "eta": "eta",
-                 "s_churn": "s_churn", "rel_tol": "rel_tol", "abs_tol": "abs_tol"}
+                 "s_churn": "s_churn", "s_tmin": "s_min", "s_tmax": "s_max", "s_noise": "s_noise",
+                 "rel_tol": "rel_tol", "abs_tol": "abs_tol"}
 # Sampler(key, params, model_state) -> (images [n, H, W, C] in [0, 1] on the host, nfe).
 Sampler = Callable[[jax.Array, Any, Any], tuple[np.ndarray, int]]
 
@@ -59,13 +61,34 @@ def get_optimizer(config: Config):
                                grad_clip=o.grad_clip)
 
 
+def get_preconditioning(config: Config) -> Optional[edm.Preconditioning]:
+    """EDM's preconditioning of the network (model.preconditioning 'edm'), or None ('none')."""
+    return edm.get_preconditioning(config.model.preconditioning, config.model.sigma_data)
+
+
+def _check_edm_network(config: Config) -> None:
+    """One line when EDM's c_noise = ln(sigma) / 4 cannot be the network's label (it may be < 0)."""
+    m = config.model
+    if m.preconditioning != "edm":
+        return
+    if m.name not in ("ncsnpp", "ddpm"):
+        raise InvalidInputError(f"model.preconditioning='edm' needs a network with a positional noise "
+                                f"embedding ('ncsnpp' as DDPM++, or 'ddpm'), got model.name={m.name!r}.")
+    if m.name == "ncsnpp" and (m.scale_by_sigma or m.embedding_type != "positional"):
+        raise InvalidInputError("model.preconditioning='edm' feeds the network c_noise = ln(sigma) / 4, "
+                                "which NCSN++'s Fourier embedding and sigma scaling read as a sigma; "
+                                "set model.embedding_type='positional' and model.scale_by_sigma=False.")
+
+
 def get_loss_fn(config: Config, sde: sde_lib.SDE, model, *, train: bool) -> losses.LossFn:
     """loss_fn(key, params, model_state, x [B, H, W, C]) of config.training."""
     t = config.training
     return losses.get_loss_fn(sde, model.apply, train=train, reduce_mean=t.reduce_mean,
                               continuous=t.continuous, likelihood_weighting=t.likelihood_weighting,
                               importance_weighting=t.importance_weighting,
-                              data_shape=image_shape(config))
+                              data_shape=image_shape(config), loss=t.loss or None,
+                              precond=get_preconditioning(config), p_mean=t.p_mean,
+                              p_std=t.p_std)
 
 
 def get_train_step(config: Config, sde: sde_lib.SDE, model, optimizer) -> train_state.StepFn:
@@ -118,10 +141,11 @@ def get_sampler(config: Config, sde: sde_lib.SDE, eps: float, model, n: int) -> 
     shape = (n,) + image_shape(config)
     inverse = datasets.get_data_inverse_scaler(config.data.centered)
     continuous = config.training.continuous
+    precond = get_preconditioning(config)
 
     def sample(key, params, model_state):
         score_fn = score_lib.get_score_fn(sde, model.apply, params, model_state,
-                                          continuous=continuous)
+                                          continuous=continuous, precond=precond)
         if method == "ode":
             x, nfe = sampling.ode_sample(key, sde, score_fn, shape, rtol=s.ode_rtol,
                                          atol=s.ode_atol, eps=eps, denoise=s.noise_removal)
@@ -142,7 +166,8 @@ def get_sampler(config: Config, sde: sde_lib.SDE, eps: float, model, n: int) -> 
 def get_score_fn(config: Config, sde: sde_lib.SDE, model, params, model_state):
     """score_fn(x [B, H, W, C], t [B]) of a trained network (a pytree: no recompiles)."""
     return score_lib.get_score_fn(sde, model.apply, params, model_state,
-                                  continuous=config.training.continuous)
+                                  continuous=config.training.continuous,
+                                  precond=get_preconditioning(config))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,6 +184,8 @@ class Experiment:
 def build(config: Config) -> Experiment:
     """Validate the config and turn it into the SDE, model and optimiser."""
     sde, eps = get_sde(config)
+    score_lib.check_preconditioning(sde, get_preconditioning(config))
+    _check_edm_network(config)
     model = registry.get_model(config)
     check_sampling(config)
     return Experiment(sde, eps, model, get_optimizer(config), image_shape(config))

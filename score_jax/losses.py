@@ -12,6 +12,8 @@ References:
   Song et al., "Maximum Likelihood Training of Score-Based Diffusion Models", NeurIPS 2021
   (likelihood weighting lambda(t) = g(t)^2).
   Song & Ermon, "Generative Modeling by Estimating Gradients of the Data Distribution" (SMLD), 2019.
+  Karras et al., "Elucidating the Design Space of Diffusion-Based Generative Models", NeurIPS 2022,
+  Eq. (2) and Table 1 (the 'edm' loss).
   Ho et al., "Denoising Diffusion Probabilistic Models", NeurIPS 2020 (DDPM L_simple).
 """
 
@@ -25,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_jax import checks
+from score_jax import checks, edm
 from score_jax import sde as sde_lib
 from score_jax.models import score as mscore
 from score_jax.errors import InvalidInputError
@@ -109,7 +111,8 @@ def sample_importance_weighted_time(key: Array, sde: sde_lib.SDE, shape: tuple[i
 def get_sde_loss_fn(sde: sde_lib.SDE, apply_fn: ApplyFn, *, train: bool, reduce_mean: bool = True,
                     continuous: bool = True, likelihood_weighting: bool = False, eps: float = 1e-5,
                     importance_weighting: bool = False,
-                    data_shape: Optional[Sequence[int]] = None) -> LossFn:
+                    data_shape: Optional[Sequence[int]] = None,
+                    precond: Optional[edm.Preconditioning] = None) -> LossFn:
     """Denoising score matching over t ~ U(eps, T): loss_fn(key, params, model_state, x [B, ...]).
 
     Per example: `reduce(square(score * std + z))` with x_t = mean(x, t) + std(t) z, or with
@@ -132,7 +135,8 @@ def get_sde_loss_fn(sde: sde_lib.SDE, apply_fn: ApplyFn, *, train: bool, reduce_
         mean, std = sde.marginal_prob(x, t)
         std_b = sde_lib.batch_broadcast(std, x)
         score, new_state = mscore.model_score(sde, apply_fn, params, model_state, mean + std_b * z, t,
-                                              continuous=continuous, train=train, rng=key_dropout)
+                                              continuous=continuous, train=train, rng=key_dropout,
+                                              precond=precond)
         if importance_weighting:
             losses = _reduce(jnp.square(score * std_b + z), reduce_mean) * scale
         elif likelihood_weighting:
@@ -198,7 +202,30 @@ def get_ddpm_loss_fn(vpsde: sde_lib.VPSDE, apply_fn: ApplyFn, *, train: bool,
     return loss_fn
 
 
-LOSSES = ("dsm", "smld", "ddpm")
+def get_edm_loss_fn(precond: edm.Preconditioning, apply_fn: ApplyFn, *, train: bool,
+                    reduce_mean: bool = True, p_mean: float = -1.2, p_std: float = 1.2,
+                    data_shape: Optional[Sequence[int]] = None) -> LossFn:
+    """EDM's loss: lambda(sigma) reduce(square(D(y + sigma z; sigma) - y)), ln sigma ~ N(p_mean, p_std^2).
+
+    lambda = 1 / c_out^2 makes it the unit-variance target's loss reduce(square(F - target)); for
+    data of std sigma_data and the optimal D it is 1 (reduce_mean) at every sigma.
+    """
+    data_shape = None if data_shape is None else tuple(data_shape)
+
+    def loss_fn(key: Array, params: Any, model_state: Any, x: Array) -> tuple[Array, Any]:
+        _check_batch(x, data_shape)
+        key_sigma, key_z, key_dropout = jax.random.split(key, 3)
+        sigma = edm.sample_sigma(key_sigma, x.shape[0], p_mean, p_std).astype(x.dtype)
+        noisy = x + sde_lib.batch_broadcast(sigma, x) * jax.random.normal(key_z, x.shape, x.dtype)
+        d, new_state = mscore.model_denoiser(precond, apply_fn, params, model_state, noisy, sigma,
+                                             train=train, rng=key_dropout)
+        losses = _reduce(jnp.square(d - x), reduce_mean) * precond.loss_weight(sigma)
+        return jnp.mean(losses), new_state
+
+    return loss_fn
+
+
+LOSSES = ("dsm", "smld", "ddpm", "edm")
 
 
 def _default_loss(sde: sde_lib.SDE, continuous: bool) -> str:
@@ -215,10 +242,18 @@ def _default_loss(sde: sde_lib.SDE, continuous: bool) -> str:
 
 
 def _validate(sde: sde_lib.SDE, name: str, likelihood_weighting: bool, eps: float,
-              importance_weighting: bool = False) -> None:
+              importance_weighting: bool = False,
+              precond: Optional[edm.Preconditioning] = None) -> None:
     checks.check_sde(sde)
     if name not in LOSSES:
         raise InvalidInputError(f"loss: unknown loss {name!r}; valid names are {list(LOSSES)}.")
+    mscore.check_preconditioning(sde, precond)
+    if name == "edm" and precond is None:
+        raise InvalidInputError("training.loss: 'edm' trains EDM's preconditioned denoiser, got "
+                                "model.preconditioning='none'; set model.preconditioning='edm'.")
+    if name in ("smld", "ddpm") and precond is not None:
+        raise InvalidInputError(f"loss: the discrete {name!r} loss feeds the network integer labels, "
+                                f"not EDM's preconditioned input; set training.loss='edm' (or 'dsm').")
     if name == "smld" and not isinstance(sde, sde_lib.VESDE):
         raise InvalidInputError(f"loss: 'smld' needs a VESDE, got {type(sde).__name__}.")
     # SubVPSDE is not a VPSDE subclass, so this rejects it too.
@@ -239,7 +274,9 @@ def _validate(sde: sde_lib.SDE, name: str, likelihood_weighting: bool, eps: floa
 def get_loss_fn(sde: sde_lib.SDE, apply_fn: ApplyFn, *, train: bool, reduce_mean: bool = False,
                 continuous: bool = True, likelihood_weighting: bool = False, eps: float = 1e-5,
                 loss: Optional[str] = None, importance_weighting: bool = False,
-                data_shape: Optional[Sequence[int]] = None) -> LossFn:
+                data_shape: Optional[Sequence[int]] = None,
+                precond: Optional[edm.Preconditioning] = None, p_mean: float = -1.2,
+                p_std: float = 1.2) -> LossFn:
     """Build the training (or, with train=False, evaluation) loss: loss_fn(key, params, model_state, x).
 
     Args:
@@ -255,6 +292,8 @@ def get_loss_fn(sde: sde_lib.SDE, apply_fn: ApplyFn, *, train: bool, reduce_mean
       importance_weighting: with likelihood_weighting, draw t with density proportional to
         g^2 / std^2 and reweight (same expected loss, lower variance; Song et al. 2021b).
       data_shape: the model's per-example data shape; a batch of another shape raises at trace time.
+      precond: EDM's preconditioning of the network (VE only), or None (the official conventions).
+      p_mean, p_std: ln sigma ~ N(p_mean, p_std^2) of the 'edm' loss.
 
     Returns:
       `loss_fn(key, params, model_state, x [B, ...]) -> (scalar loss, new model state)`.
@@ -264,7 +303,11 @@ def get_loss_fn(sde: sde_lib.SDE, apply_fn: ApplyFn, *, train: bool, reduce_mean
         importance weighting without likelihood weighting, eps outside (0, T).
     """
     name = _default_loss(sde, continuous) if loss is None else loss
-    _validate(sde, name, likelihood_weighting, eps, importance_weighting)
+    _validate(sde, name, likelihood_weighting, eps, importance_weighting, precond)
+    if name == "edm":
+        edm.check_lognormal(p_mean, p_std)
+        return get_edm_loss_fn(precond, apply_fn, train=train, reduce_mean=reduce_mean,
+                               p_mean=p_mean, p_std=p_std, data_shape=data_shape)
     if name == "smld":
         return get_smld_loss_fn(sde, apply_fn, train=train, reduce_mean=reduce_mean,
                                 data_shape=data_shape)
@@ -274,4 +317,4 @@ def get_loss_fn(sde: sde_lib.SDE, apply_fn: ApplyFn, *, train: bool, reduce_mean
     return get_sde_loss_fn(sde, apply_fn, train=train, reduce_mean=reduce_mean,
                            continuous=continuous, likelihood_weighting=likelihood_weighting,
                            eps=eps, importance_weighting=importance_weighting,
-                           data_shape=data_shape)
+                           data_shape=data_shape, precond=precond)

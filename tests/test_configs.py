@@ -43,6 +43,9 @@ ADDITIONS = {
     "sample.ckpt": 0, "sample.folder": "sample", "sample.num_points": 8, "sample.scale": 1.0,
     "classifier.name": "wideresnet_noise_conditional", "classifier.lr": 2e-4, "classifier.batch_size": 128,
     "classifier.n_iters": 200000, "classifier.ema_rate": 0.999, "classifier.eps": 1e-5,
+    "sampling.s_tmin": 0.0, "sampling.s_tmax": 0.0, "sampling.s_noise": 0.0,
+    "model.preconditioning": "none", "model.sigma_data": 0.5, "training.loss": "",
+    "training.p_mean": -1.2, "training.p_std": 1.2,
 }
 # The official TFRecords paths of the FFHQ / CelebA-HQ configs (data.tfrecords_path is official
 # there, an addition elsewhere).
@@ -72,9 +75,24 @@ ADDITION_EXCEPTIONS = {
        for name in DIGITS},
 }
 ADDITION_EXCEPTIONS["vp/digits_ddpmpp_continuous"]["sampling.s_churn"] = 10.0
+_EDM = {"model.preconditioning": "edm", "training.loss": "edm", "sampling.nfe": 35}
+ADDITION_EXCEPTIONS["edm/digits_ddpmpp"].update(_EDM, **{"model.sigma_data": 0.75})
+ADDITION_EXCEPTIONS["edm/cifar10_ddpmpp"] = {**_EDM, "model.ema_warmup": True}
 
-# Values read in the official score_sde config files (yang-song/score_sde, configs/...).
+# Values read in the official score_sde config files (yang-song/score_sde, configs/...), and for EDM
+# in NVlabs/edm's train.py (--arch=ddpmpp --precond=edm defaults) and training_loop.py.
 OFFICIAL = {
+    "edm/cifar10_ddpmpp": {
+        "model.nf": 128, "model.ch_mult": (2, 2, 2), "model.num_res_blocks": 4,
+        "model.attn_resolutions": (16,), "model.embedding_type": "positional", "model.dropout": 0.13,
+        "model.sigma_min": 0.002, "model.sigma_max": 80.0, "model.sigma_data": 0.5,
+        "training.p_mean": -1.2, "training.p_std": 1.2, "training.batch_size": 512,
+        # 200 Mimg; learning-rate ramp-up over 10 Mimg; EMA half-life 0.5 Mimg per 512 images.
+        "training.n_iters": 200_000_000 // 512, "optim.warmup": 10_000_000 // 512,
+        "model.ema_rate": round(0.5 ** (512 / 500_000), 5), "optim.lr": 1e-3, "optim.beta1": 0.9,
+        "optim.eps": 1e-8, "data.random_flip": False, "data.centered": True,
+        "sampling.method": "heun", "sampling.nfe": 35, "training.sde": "vesde",
+    },
     "ve/cifar10_ncsnpp_continuous": {
         "model.nf": 128, "model.ch_mult": (1, 2, 2, 2), "model.fir": True, "model.sigma_max": 50,
         "model.sigma_min": 0.01, "model.num_res_blocks": 4, "model.embedding_type": "fourier",
@@ -152,12 +170,13 @@ def get(config: ml_collections.ConfigDict, dotted: str):
 
 
 def test_all_official_configs_present():
-    # The complete list of the official score_sde configs (39 files) plus 3 digits configs and
-    # the folder config.
-    assert len(CONFIGS) == 43, CONFIGS
+    # The complete list of the official score_sde configs (39 files) plus 3 digits configs, the
+    # folder config and the two EDM configs.
+    assert len(CONFIGS) == 45, CONFIGS
     assert {"ve/ncsn/celeba_5", "ve/ncsnv2/bedroom", "vp/ddpm/church", "subvp/cifar10_ddpm_continuous",
             "vp/digits_ddpmpp_continuous", "ve/digits_ncsnpp_continuous",
-            "subvp/digits_ddpmpp_continuous", "vp/folder_ddpmpp_continuous"} <= set(CONFIGS)
+            "subvp/digits_ddpmpp_continuous", "vp/folder_ddpmpp_continuous", "edm/digits_ddpmpp",
+            "edm/cifar10_ddpmpp"} <= set(CONFIGS)
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -235,6 +254,14 @@ def test_digits_configs():
     assert subvp.training.sde == "subvpsde" and subvp.to_dict() == {
         **vp.to_dict(), "training": {**vp.training.to_dict(), "sde": "subvpsde"},
         "sampling": {**vp.sampling.to_dict(), **sampler}}
+    # EDM: the VP default's network, optimiser and length; only the formulation and sampler differ.
+    edm = load("edm/digits_ddpmpp")
+    formulation = {"training": {"sde": "vesde", "loss": "edm"},
+                   "model": {"sigma_min": 0.002, "sigma_max": 80.0, "preconditioning": "edm",
+                             "sigma_data": 0.75},
+                   "sampling": {"method": "heun", "nfe": 35, "s_churn": 0.0,
+                                "predictor": "reverse_diffusion"}}
+    assert edm.to_dict() == {**vp.to_dict(), **{k: {**vp[k].to_dict(), **v} for k, v in formulation.items()}}
     ve_ncsnpp = load("ve/cifar10_ncsnpp_continuous")
     assert ve.training.sde == "vesde" and ve.data.centered is False
     for flag in ("fir", "progressive_input", "embedding_type", "scale_by_sigma"):
