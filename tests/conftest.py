@@ -157,8 +157,9 @@ def free_port() -> int:
 SLOWEST = {
     "test_runner.py": 340,
     "multihost_trained": 300,
-    "test_checkpoints.py": 270,
-    "multihost_two_process": 200,
+    "checkpoints_reference": 360,
+    "multihost_two_process": 330,
+    "test_edm.py": 130,
     "test_parallel.py": 120,
     "test_tutorial.py": 95,
     "test_classifier.py": 85,

@@ -20,6 +20,10 @@ import pytest
 from conftest import TINY_MODEL, main_cmd, main_env, shared_build
 from score_jax import checkpoints
 
+# These tests and test_gcs_workdir's one-process test start from the same reference run
+# (shared_build): one xdist worker runs them in order, so that none waits for it (conftest.py).
+pytestmark = pytest.mark.xdist_group("checkpoints_reference")
+
 TINY = [*TINY_MODEL, "--config.training.n_iters=24", "--config.training.snapshot_freq=12",
         "--config.training.snapshot_freq_for_preemption=3", "--config.training.log_freq=4",
         "--config.training.snapshot_sampling=False"]

@@ -131,6 +131,8 @@ def _check_eval_and_sample(fs, directory: str, label: str, step: int) -> None:
     assert not leftovers, leftovers
 
 
+# On the worker that builds the reference run it compares with (conftest.py).
+@pytest.mark.xdist_group("checkpoints_reference")
 def test_one_process_gs_workdir_kill_resume_bitwise_eval_sample(emulator, tmp_path):
     fs, settings = emulator
     ref_dir = shared_build("checkpoints_reference", _reference_run) / "reference"
@@ -162,6 +164,7 @@ def _run_two(args, env) -> list[tuple[str, str]]:
     return outs
 
 
+@pytest.mark.xdist_group("multihost_two_process")
 def test_two_processes_gs_workdir_kill_resume_bitwise_eval_sample(emulator, tmp_path):
     fs, settings = emulator
     built = shared_build("multihost_two_process", _train_two)
