@@ -26,8 +26,10 @@ fi
 if [ "${1:-}" = "tests" ]; then
   shift
   # Two workers: the suite is mostly single-threaded XLA compilation, so 2 cores halve its time.
-  # The 15 slowest tests are listed at the end, to keep an eye on the suite's time.
-  exec "$VENV/bin/python" -m pytest -q -n "${SCORE_JAX_TEST_WORKERS:-2}" --dist loadgroup --durations=15 \
-    tests "$@"
+  # Work units are test modules or shared-build groups, started slowest first (tests/conftest.py;
+  # xdist would otherwise start the units with the most tests first). The 15 slowest tests are
+  # listed at the end, to keep an eye on the suite's time.
+  exec "$VENV/bin/python" -m pytest -q -n "${SCORE_JAX_TEST_WORKERS:-2}" --dist loadgroup \
+    --no-loadscope-reorder --durations=15 tests "$@"
 fi
 exec "$VENV/bin/python" "$@"
