@@ -14,7 +14,10 @@ def add_fast_sampler_fields(sampling: ml_collections.ConfigDict) -> None:
     and the options below, '' or 0 meaning the solver's own default: order, dpm_method ('singlestep' |
     'multistep'), skip_type ('logSNR' | 'time_uniform' | 'time_quadratic' | 'edm'), eta (DDIM),
     s_churn, s_tmin, s_tmax, s_noise (EDM's stochastic sampler, Algorithm 2: churn only at noise
-    levels in [s_tmin, s_tmax]), rel_tol / abs_tol (adaptive_sde).
+    levels in [s_tmin, s_tmax]), rel_tol / abs_tol (adaptive_sde), rho (the 'edm' time schedule's
+    exponent), prediction ('noise' | 'data') and unipc_variant ('bh1' | 'bh2') of UniPC, and
+    grid: UniPC's time grid, nfe times from T down to eps (nfe + 1 with noise_removal = False),
+    e.g. from `score_jax.grid_search.search_grid`; () = skip_type's grid.
     """
     sampling.nfe = 20
     sampling.order = 0
@@ -27,6 +30,10 @@ def add_fast_sampler_fields(sampling: ml_collections.ConfigDict) -> None:
     sampling.s_noise = 0.0
     sampling.rel_tol = 0.0
     sampling.abs_tol = 0.0
+    sampling.rho = 0.0
+    sampling.prediction = ''
+    sampling.unipc_variant = ''
+    sampling.grid = ()
 
 
 def add_edm_fields(config: ml_collections.ConfigDict) -> None:

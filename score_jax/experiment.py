@@ -32,7 +32,8 @@ SAMPLING_METHODS = ("pc", "ode") + tuple(sampling.FAST_SOLVERS)
 # ('' or 0) keeps the solver's own default.
 _FAST_OPTIONS = {"order": "order", "dpm_method": "method", "skip_type": "skip_type", "eta": "eta",
                  "s_churn": "s_churn", "s_tmin": "s_min", "s_tmax": "s_max", "s_noise": "s_noise",
-                 "rel_tol": "rel_tol", "abs_tol": "abs_tol"}
+                 "rel_tol": "rel_tol", "abs_tol": "abs_tol", "rho": "rho",
+                 "prediction": "prediction", "unipc_variant": "variant", "grid": "grid"}
 # Sampler(key, params, model_state) -> (images [n, H, W, C] in [0, 1] on the host, nfe).
 Sampler = Callable[[jax.Array, Any, Any], tuple[np.ndarray, int]]
 
@@ -128,7 +129,9 @@ def fast_options(config: Config) -> dict[str, Any]:
     options = {}
     for field, option in _FAST_OPTIONS.items():
         value = s[field]
-        if value in ("", 0, 0.0) or option not in defaults:
+        if isinstance(value, (tuple, list)):
+            value = tuple(float(v) for v in value) or None   # () = no grid of the user's
+        if value in ("", 0, 0.0, None) or option not in defaults:
             continue
         options[option] = value
     return options
@@ -163,6 +166,14 @@ def get_sampler(config: Config, sde: sde_lib.SDE, eps: float, model, n: int) -> 
     return sample
 
 
+def _check_fast_plan(config: Config, sde: sde_lib.SDE, eps: float) -> None:
+    """Lay out the few-step solver's steps once, so a bad option or grid fails before training."""
+    s = config.sampling
+    if s.method in sampling.FAST_SOLVERS and sampling.FAST_SOLVERS[s.method][1] is not None:
+        sampling.build_plan(sde, s.method, int(s.nfe), eps, bool(s.noise_removal),
+                            **fast_options(config))
+
+
 def get_score_fn(config: Config, sde: sde_lib.SDE, model, params, model_state):
     """score_fn(x [B, H, W, C], t [B]) of a trained network (a pytree: no recompiles)."""
     return score_lib.get_score_fn(sde, model.apply, params, model_state,
@@ -188,6 +199,7 @@ def build(config: Config) -> Experiment:
     _check_edm_network(config)
     model = registry.get_model(config)
     check_sampling(config)
+    _check_fast_plan(config, sde, eps)
     return Experiment(sde, eps, model, get_optimizer(config), image_shape(config))
 
 

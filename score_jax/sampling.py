@@ -488,4 +488,4 @@ def ode_decode(sde: sde_lib.SDE, score_fn: ScoreFn, z: Array, *, rtol: float = 1
 
 # Few-step solvers live in their own module (it imports nothing from this one); re-exported so
 # every sampler is reachable as sampling.<name>.
-from score_jax.fast_sampling import FAST_SOLVERS, fast_sample  # noqa: E402,F401
+from score_jax.fast_sampling import FAST_SOLVERS, build_plan, fast_sample  # noqa: E402,F401

@@ -45,7 +45,8 @@ ADDITIONS = {
     "classifier.n_iters": 200000, "classifier.ema_rate": 0.999, "classifier.eps": 1e-5,
     "sampling.s_tmin": 0.0, "sampling.s_tmax": 0.0, "sampling.s_noise": 0.0,
     "model.preconditioning": "none", "model.sigma_data": 0.5, "training.loss": "",
-    "training.p_mean": -1.2, "training.p_std": 1.2,
+    "training.p_mean": -1.2, "training.p_std": 1.2, "sampling.rho": 0.0, "sampling.prediction": "",
+    "sampling.unipc_variant": "", "sampling.grid": (),
 }
 # The official TFRecords paths of the FFHQ / CelebA-HQ configs (data.tfrecords_path is official
 # there, an addition elsewhere).
@@ -356,3 +357,30 @@ def test_fixture_config_builds_official_tree(case: str, fixtures_dir: pathlib.Pa
     official = {k[len("params/"):]: data[k].shape for k in data.files if k.startswith("params/")}
     assert flat == official
     assert len(flat) == leaves and sum(int(np.prod(s)) for s in flat.values()) == count
+
+
+def test_unipc_options_in_the_config_reach_the_solver_and_bad_ones_fail_before_training():
+    from score_jax import experiment, fast_sampling
+    from score_jax.errors import InvalidInputError
+
+    config = load("vp/digits_ddpmpp_continuous")
+    config.sampling.method, config.sampling.nfe = "unipc", 6
+    sde, eps = experiment.get_sde(config)
+    grid = tuple(float(t) for t in np.linspace(1.0, eps, 6) ** 1.5)  # nfe - 1 + 1 times, T to eps
+    grid = grid[:-1] + (eps,)
+    config.sampling.update(prediction="noise", unipc_variant="bh1", rho=3.0, grid=grid)
+    assert experiment.fast_options(config) == {"prediction": "noise", "variant": "bh1", "rho": 3.0,
+                                               "grid": grid}
+    experiment.build(config)
+    # The plan fast_sample runs is laid out on exactly the config's grid.
+    plan = fast_sampling.build_plan(sde, "unipc", 6, eps, True, **experiment.fast_options(config))
+    assert sorted({row[0] for row in plan.rows}, reverse=True) == list(grid)
+    for fields, match in (({"prediction": "x0"}, "prediction"), ({"unipc_variant": "bh3"}, "variant"),
+                          ({"grid": grid[:-1]}, "grid"), ({"grid": grid[::-1]}, "grid"),
+                          ({"rho": -1.0}, "rho")):
+        bad = load("vp/digits_ddpmpp_continuous")
+        bad.sampling.update(method="unipc", nfe=6, **fields)
+        with pytest.raises(InvalidInputError, match=match):
+            experiment.build(bad)
+    # An unset field keeps the solver's default.
+    assert experiment.fast_options(load("vp/digits_ddpmpp_continuous")) == {"s_churn": 10.0}
