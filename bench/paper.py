@@ -115,8 +115,8 @@ def table1_sampler(row: str, column: str) -> dict:
     if column == "C2000":
         return C2000
     steps, corrector = COLUMNS[column]
-    return dict(method="pc", corrector=corrector, num_scales=steps, probability_flow=False,
-                **PREDICTORS[row])
+    return {"method": "pc", "corrector": corrector, "num_scales": steps,
+            "probability_flow": False, **PREDICTORS[row]}
 
 
 def load_config(name: str, seed: int):

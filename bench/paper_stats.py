@@ -66,9 +66,3 @@ def unchanged(a: Sequence[float] | None, b: Sequence[float] | None) -> tuple[str
     m, lo, hi = interval(a, b)
     return (HOLDS if lo <= 0 <= hi else FAILS), f"{m:+.3g} [{lo:+.3g}, {hi:+.3g}]"
 
-
-def not_worse(a: Sequence[float] | None, b: Sequence[float] | None, *, lower: bool = True
-              ) -> tuple[str, str]:
-    """(verdict, 'diff [low, high]') of 'a is at least as good as b': fails only if a is worse."""
-    verdict, text = better(a, b, lower=lower)
-    return (verdict if verdict in (FAILS, "not run") else HOLDS), text
