@@ -130,7 +130,10 @@ def fast_options(config: Config) -> dict[str, Any]:
     for field, option in _FAST_OPTIONS.items():
         value = s[field]
         if isinstance(value, (tuple, list)):
-            value = tuple(float(v) for v in value) or None   # () = no grid of the user's
+            try:
+                value = tuple(float(v) for v in value) or None   # () = no grid of the user's
+            except (TypeError, ValueError):
+                raise InvalidInputError(f"sampling.{field}: expected numbers, got {value!r}.") from None
         if value in ("", 0, 0.0, None) or option not in defaults:
             continue
         options[option] = value

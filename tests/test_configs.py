@@ -377,7 +377,7 @@ def test_unipc_options_in_the_config_reach_the_solver_and_bad_ones_fail_before_t
     assert sorted({row[0] for row in plan.rows}, reverse=True) == list(grid)
     for fields, match in (({"prediction": "x0"}, "prediction"), ({"unipc_variant": "bh3"}, "variant"),
                           ({"grid": grid[:-1]}, "grid"), ({"grid": grid[::-1]}, "grid"),
-                          ({"rho": -1.0}, "rho")):
+                          ({"rho": -1.0}, "rho"), ({"grid": ("1.0", "late")}, "grid")):
         bad = load("vp/digits_ddpmpp_continuous")
         bad.sampling.update(method="unipc", nfe=6, **fields)
         with pytest.raises(InvalidInputError, match=match):
