@@ -8,6 +8,7 @@ import optax
 import pytest
 from flax import serialization
 
+from conftest import RUN_OPTIMISED
 from score_jax import classifier_losses, train_state
 from score_jax import sde as sde_lib
 from score_jax.metrics import digits_net
@@ -81,7 +82,8 @@ def test_digits_classifier_trains_to_90_percent_clean():
     params = model.init(jax.random.PRNGKey(0), x_train[:1], jnp.ones((1,)))["params"]
     opt = optax.adam(2e-3)
     step = jax.jit(classifier_losses.make_classifier_train_step(sde, model.apply, opt, eps=1e-3,
-                                                                ema_rate=0.99))
+                                                                ema_rate=0.99),
+                   compiler_options=RUN_OPTIMISED)
     loss_fn = jax.jit(classifier_losses.get_classifier_loss_fn(sde, model.apply, eps=1e-3))
     state = train_state.init_train_state(jax.random.PRNGKey(1), params, opt)
     batch = (x_train[:512], jnp.asarray(y_train[:512]))

@@ -26,6 +26,7 @@ xla_cpu.configure()
 config = c.get_config()
 with config.unlocked():
     config.model.nf = 8
+    config.model.ch_mult = (1,)  # one resolution: half the layers to compile (conftest.TINY_MODEL)
     config.model.attn_resolutions = ()
     config.training.batch_size = 16
     config.optim.warmup = 0  # so that the first steps move the parameters

@@ -202,8 +202,12 @@ def test_sample_mode_tasks_keep_their_inputs(trained):
     workdir, env, _ = trained
     base = [f"--workdir={workdir}", "--mode=sample", *TINY, *PC_STEPS, "--config.sample.num=4",
             "--config.sample.batch_size=4", "--config.sample.num_points=3"]
-    for task in ("inpaint", "interpolate"):
-        out = _main([*base, f"--config.sample.task={task}"], env)
+    # The interpolation's round trip at the ODE tolerance 1e-4 (the config's 1e-3 leaves a mean
+    # error of 2.8 levels on the one-resolution TINY_MODEL's rougher field).
+    tasks = {"inpaint": [], "interpolate": ["--config.sampling.ode_rtol=1e-4",
+                                             "--config.sampling.ode_atol=1e-4"]}
+    for task, options in tasks.items():
+        out = _main([*base, f"--config.sample.task={task}", *options], env)
         assert out.returncode == 0, out.stderr[-3000:]
         with np.load(workdir / "sample" / task / "result.npz") as d:
             result = dict(d)
@@ -215,7 +219,7 @@ def test_sample_mode_tasks_keep_their_inputs(trained):
         else:
             assert result["output"].shape == (2, 3, 8, 8, 1)
             ends = result["output"][:, [0, -1]].reshape(4, 8, 8, 1).astype(int)
-            # uint8 levels, after an encode -> decode round trip at the config's ODE tolerance 1e-3
+            # uint8 levels, after an encode -> decode round trip at the ODE tolerance 1e-4
             error = np.abs(ends - result["input"].astype(int))
             assert error.mean() <= 2 and error.max() <= 16
 
