@@ -159,7 +159,7 @@ def _table1(r: _Reader, verdicts: list, pictures: pathlib.Path) -> list[str]:
             verdicts.append(("Table 1", f"{sde}, {row}: PC1000 beats P2000 (KID)", v, i))
         for column in ("P1000", "P2000", "PC1000"):
             v, i = st.better(r.s(name, p.table1_label("reverse diffusion", column)),
-                                r.s(name, p.table1_label("ancestral", column)))
+                             r.s(name, p.table1_label("ancestral", column)))
             verdicts.append(("Table 1", f"{sde}, {column}: reverse diffusion at least as good as "
                              f"ancestral (KID)", v, i))
         keys = [f"samples|{name}|{p.table1_label(row, c)}|n{r.args.n}"
