@@ -29,6 +29,9 @@ from score_jax.errors import InvalidInputError
 
 log = logging.getLogger(__name__)
 
+# Listings of a checkpoint directory tried before a vanishing step is an error (open_manager).
+_OPEN_ATTEMPTS = 20
+
 
 @dataclasses.dataclass(frozen=True)
 class Restored:
@@ -62,8 +65,19 @@ def open_manager(directory: str | paths.Path, *, snapshot_every: int,
         multiprocessing_options=ocp.options.MultiprocessingOptions(
             primary_host=jax.process_index(), active_processes={jax.process_index()})
         if this_process_only else ocp.options.MultiprocessingOptions())
-    return ocp.CheckpointManager(paths.resolve(directory), options=options,
-                                 item_names=("state", "meta"))
+    def manager() -> ocp.CheckpointManager:
+        return ocp.CheckpointManager(paths.resolve(directory), options=options,
+                                     item_names=("state", "meta"))
+
+    # A training job running in the same workdir deletes each superseded checkpoint: a step that
+    # orbax listed may be gone when it reads the step's metadata a moment later. Listing again
+    # sees the directory as it is now.
+    for _ in range(_OPEN_ATTEMPTS - 1):
+        try:
+            return manager()
+        except (FileNotFoundError, NotADirectoryError):  # os.stat's, or orbax's own check's
+            time.sleep(0.05)
+    return manager()
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, data_state: Any = None) -> None:

@@ -267,9 +267,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     data = experiment.train_iterator(config)
     path = workdir_lib.prepare(workdir)
     t = config.training
-    manager = checkpoints.open_manager(path / "checkpoints", snapshot_every=t.snapshot_freq,
-                                       async_save=async_checkpoints)
-    with workdir_lib.stop_on_write_failure(path, lambda: _what_is_kept(path / "checkpoints")):
+    with contextlib.closing(data), \
+            workdir_lib.stop_on_write_failure(path, lambda: _what_is_kept(path / "checkpoints")), \
+            workdir_lock.claim(path, "train", mode="train"):
+        # Only once the lock is held: opening a writing manager deletes every unfinished
+        # checkpoint directory, which in a live job's workdir is the save it is writing.
+        manager = checkpoints.open_manager(path / "checkpoints", snapshot_every=t.snapshot_freq,
+                                           async_save=async_checkpoints)
         loop = _train_in(config, exp, mesh, data, path, manager, init_from_official)
     if jax.process_count() > 1:
         print(f"process {jax.process_index()}/{jax.process_count()}: step {loop.step}, local "
@@ -290,9 +294,7 @@ def _train_in(config, exp, mesh, data, path, manager, init_from_official) -> _Lo
     """The body of `train` once the workdir is open; every resource closed on the way out."""
     t = config.training
     with contextlib.ExitStack() as closing:  # each closer runs even when an earlier one raises
-        closing.callback(data.close)
         closing.callback(manager.close)
-        closing.enter_context(workdir_lock.claim(path, "train", mode="train"))
         reporter = reporting.Reporter(path / "tensorboard", enabled=parallel.is_main_process())
         closing.callback(reporter.close)
         closing.callback(manager.wait_until_finished)

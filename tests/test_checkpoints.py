@@ -10,6 +10,7 @@ import pathlib
 import random
 import signal
 import subprocess
+import threading
 import time
 
 import jax
@@ -129,6 +130,39 @@ def test_half_written_and_failed_saves_keep_complete_ones(tmp_path):
     manager = checkpoints.open_manager(tmp_path, snapshot_every=4)
     _assert_same(checkpoints.restore_latest(manager, _tree(0)).state, _tree(6))
 
+
+
+def test_reading_beside_a_live_writer_that_deletes_superseded_checkpoints(tmp_path):
+    # A training job saving in this directory (keeping only its newest checkpoint) while an
+    # evaluation opens it: a step listed by the reader may be deleted before its metadata is read.
+    # Each open must then see the directory as it is, never fail. Without listing again about
+    # 1 open in 50 failed here: 3 s of opens (hundreds) make a miss all but impossible.
+    writer = checkpoints.open_manager(tmp_path, snapshot_every=10**6, async_save=False)
+    stop, saved = threading.Event(), [0]
+
+    def train():
+        while not stop.is_set():
+            checkpoints.save(writer, saved[0] + 1, _tree(saved[0] + 1), None)
+            writer.wait_until_finished()
+            saved[0] += 1
+
+    trainer = threading.Thread(target=train)
+    trainer.start()
+    try:
+        while not saved[0]:
+            time.sleep(0.01)
+        opens, deadline = 0, time.time() + 3.0
+        while time.time() < deadline:
+            reader = checkpoints.open_manager(tmp_path, snapshot_every=10**6, read_only=True)
+            assert reader.all_steps()
+            reader.close()
+            opens += 1
+    finally:
+        stop.set()
+        trainer.join()
+        writer.close()
+    assert opens > 50 and saved[0] > 10  # both sides were busy
+    assert checkpoints.snapshot_steps(tmp_path) == [saved[0]]
 
 # --------------------------------------------------------------------------- subprocesses
 

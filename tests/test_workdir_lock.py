@@ -100,3 +100,21 @@ def test_of_two_jobs_starting_together_exactly_one_wins(tmp_path):
     for t in threads:
         t.join()
     assert sorted(results) == ["ran", "refused"]
+
+
+def test_a_refused_training_job_leaves_the_live_jobs_unfinished_checkpoint_alone(tmp_path):
+    # A live job's workdir mid-save: orbax's temporary directory of the checkpoint it is writing.
+    # A second job that opened its checkpoint manager before asking for the lock would delete it
+    # (a writing manager removes unfinished checkpoints when it opens) and only then be refused.
+    from configs.vp import digits_ddpmpp_continuous
+    from score_jax import train
+
+    _fake_lock(tmp_path)
+    saving = tmp_path / "checkpoints" / "8.orbax-checkpoint-tmp-1765000000"
+    saving.mkdir(parents=True)
+    (saving / "_CHECKPOINT_METADATA").write_text("{}")
+    with pytest.raises(WorkdirBusyError, match=f"in use \\(train\\).*pid {os.getpid()}"):
+        train.train(digits_ddpmpp_continuous.get_config(), tmp_path)
+    time.sleep(1.0)  # orbax deletes in a background thread: give a wrongly started one time to
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [saving.name]
+    assert (saving / "_CHECKPOINT_METADATA").read_text() == "{}"
