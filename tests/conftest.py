@@ -167,14 +167,17 @@ def free_port() -> int:
 # only needs to be roughly right. A unit not listed here counts as fast and keeps its collection
 # order.
 SLOWEST = {
-    "test_runner.py": 340,
-    "multihost_trained": 300,
-    "checkpoints_reference": 360,
-    "multihost_two_process": 330,
-    "test_edm.py": 130,
-    "test_parallel.py": 120,
-    "test_tutorial.py": 95,
-    "test_classifier.py": 85,
+    "checkpoints_reference": 140,
+    "multihost_two_process": 135,
+    "test_runner.py": 120,
+    "multihost_trained": 95,
+    "test_tutorial.py": 85,
+    "test_parallel.py": 50,
+    "test_ncsnpp.py": 40,
+    "test_edm.py": 36,
+    "test_sampling.py": 35,
+    "test_likelihood.py": 32,
+    "test_classifier.py": 30,
 }
 
 
