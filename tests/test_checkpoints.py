@@ -131,7 +131,6 @@ def test_half_written_and_failed_saves_keep_complete_ones(tmp_path):
     _assert_same(checkpoints.restore_latest(manager, _tree(0)).state, _tree(6))
 
 
-
 def test_reading_beside_a_live_writer_that_deletes_superseded_checkpoints(tmp_path):
     # A training job saving in this directory (keeping only its newest checkpoint) while an
     # evaluation opens it: a step listed by the reader may be deleted before its metadata is read.
@@ -163,6 +162,7 @@ def test_reading_beside_a_live_writer_that_deletes_superseded_checkpoints(tmp_pa
         writer.close()
     assert opens > 50 and saved[0] > 10  # both sides were busy
     assert checkpoints.snapshot_steps(tmp_path) == [saved[0]]
+
 
 # --------------------------------------------------------------------------- subprocesses
 

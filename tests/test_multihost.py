@@ -188,8 +188,8 @@ def test_killed_process_stops_the_other_rerun_resumes_and_two_processes_equal_on
     processes wrote for the finished checkpoint before the kill is a one-process evaluation's
     loss and bits/dim.
 
-    Each evaluation with bits/dim solves an ODE for every test digit (the slow part): the rerun
-    evaluates its checkpoint without them, and the one-process reference is the only other."""
+    Bits/dim solve an ODE for every test digit (the slow part): the rerun evaluates its
+    checkpoint without them, so that only the killed run and the one-process reference do."""
     workdir, env = trained
     args = [f"--workdir={workdir}", "--mode=eval", "--eval_folder=eval_1", *EVAL]
     procs = _start(args, env, 2)
