@@ -109,12 +109,14 @@ def test_a_refused_training_job_leaves_the_live_jobs_unfinished_checkpoint_alone
     from configs.vp import digits_ddpmpp_continuous
     from score_jax import train
 
-    _fake_lock(tmp_path)
-    saving = tmp_path / "checkpoints" / "8.orbax-checkpoint-tmp-1765000000"
+    _fake_lock(tmp_path / "work")
+    saving = tmp_path / "work" / "checkpoints" / "8.orbax-checkpoint-tmp-1765000000"
     saving.mkdir(parents=True)
     (saving / "_CHECKPOINT_METADATA").write_text("{}")
+    config = digits_ddpmpp_continuous.get_config()
+    config.data.data_dir = str(tmp_path / "tfds")  # the digits prepared here, not in ~
     with pytest.raises(WorkdirBusyError, match=f"in use \\(train\\).*pid {os.getpid()}"):
-        train.train(digits_ddpmpp_continuous.get_config(), tmp_path)
+        train.train(config, tmp_path / "work")
     time.sleep(1.0)  # orbax deletes in a background thread: give a wrongly started one time to
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [saving.name]
+    assert sorted(p.name for p in saving.parent.iterdir()) == [saving.name]
     assert (saving / "_CHECKPOINT_METADATA").read_text() == "{}"
