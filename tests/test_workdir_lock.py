@@ -117,6 +117,6 @@ def test_a_refused_training_job_leaves_the_live_jobs_unfinished_checkpoint_alone
     config.data.data_dir = str(tmp_path / "tfds")  # the digits prepared here, not in ~
     with pytest.raises(WorkdirBusyError, match=f"in use \\(train\\).*pid {os.getpid()}"):
         train.train(config, tmp_path / "work")
-    time.sleep(1.0)  # orbax deletes in a background thread: give a wrongly started one time to
+    time.sleep(1.0)  # orbax deletes in a background thread: time for a wrongly started deletion
     assert sorted(p.name for p in saving.parent.iterdir()) == [saving.name]
     assert (saving / "_CHECKPOINT_METADATA").read_text() == "{}"
